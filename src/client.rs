@@ -1,0 +1,1008 @@
+//! The client: a handle shared with the host's threads, and one task on the runtime that
+//! connects, runs the heartbeat, reads, writes, and reconnects.
+//!
+//! Layout, chosen for many idle clients: the handle and the task share one `Arc<Shared>` holding
+//! a mutex-protected queue and a single `Notify` (no channel, nothing allocated up front); the task
+//! owns the socket, one timer, the heartbeat and backoff state, and the event sink. The connect
+//! future is boxed so its handshake state does not stay in the task's layout after it finishes.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+
+use crate::backoff::{Decision, Reconnect};
+use crate::config::{Config, HeartbeatMode, LogLevel};
+use crate::connect::{self, ConnectError, Socket, Target, UrlError};
+use crate::heartbeat::{Heartbeat, Tick};
+use crate::runtime::{self, RuntimeError};
+
+/// Connection state as the host sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Connecting,
+    Open,
+    Reconnecting,
+    Closing,
+    Closed,
+}
+
+/// Why a state changed (or messages were dropped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    None,
+    /// The host called close.
+    UserClose,
+    /// `max_missed` heartbeats in a row went unanswered.
+    HeartbeatTimeout,
+    /// Reset, EOF or another I/O error on an open connection.
+    ConnectionLost,
+    /// The server sent a Close frame (code in the event).
+    ServerClose,
+    /// The server answered the upgrade with a non-101 status (status in the event).
+    HandshakeRejected,
+    /// TCP connect plus handshake took longer than `connect_timeout`.
+    ConnectTimeout,
+    /// Name resolution or TCP connect failed.
+    ConnectError,
+    /// `max_attempts` reconnect attempts in a row failed.
+    MaxAttempts,
+    /// An inbound message exceeded `max_message_size` (closed with 1009).
+    MessageTooBig,
+    /// The server broke the WebSocket protocol (closed with 1002 or 1007).
+    ProtocolError,
+}
+
+/// One state change, with its reason and detail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateChange {
+    pub state: State,
+    pub reason: Reason,
+    /// Connection attempt number since the last proven connection (0 for the first connect).
+    pub attempt: u32,
+    /// Delay before the next attempt (RECONNECTING only).
+    pub delay: Duration,
+    /// WebSocket close code involved, or 0.
+    pub close_code: u16,
+    /// HTTP status of a refused handshake, or 0.
+    pub http_status: u16,
+    /// Human-readable detail.
+    pub detail: String,
+}
+
+/// Heartbeat happenings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeartbeatEvent {
+    /// Our ping was answered after `rtt`.
+    Pong { rtt: Duration },
+    /// The server's ping was answered (text `pong`, or a protocol Pong if `protocol`).
+    ServerPing { protocol: bool },
+    /// Our ping went unanswered; `missed` in a row.
+    Missed { missed: u32 },
+}
+
+/// Everything the host hears about.
+#[derive(Debug)]
+pub enum Event<'a> {
+    State(&'a StateChange),
+    Message {
+        binary: bool,
+        data: &'a [u8],
+    },
+    Heartbeat(HeartbeatEvent),
+    /// Messages accepted from the host that will never be written.
+    Dropped {
+        count: u64,
+        bytes: u64,
+        reason: Reason,
+    },
+    Log {
+        level: LogLevel,
+        message: &'a str,
+    },
+}
+
+/// Receives a client's events, one at a time, on the runtime thread. Dropping the sink is its
+/// release: it happens exactly once, after its last event.
+pub trait EventSink: Send {
+    fn event(&mut self, event: &Event<'_>);
+}
+
+/// Why a send was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// The client is closed or closing.
+    Closed,
+    /// The queue is at its bound.
+    QueueFull,
+    /// The message is larger than `max_message_size`.
+    TooBig,
+    /// Not OPEN and offline queueing is disabled.
+    NotOpen,
+}
+
+/// Why a client could not be created.
+#[derive(Debug)]
+pub enum CreateError {
+    Url(UrlError),
+    Config(String),
+    Runtime(RuntimeError),
+}
+
+impl fmt::Display for CreateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CreateError::Url(UrlError::Invalid(m)) => write!(f, "invalid URL: {m}"),
+            CreateError::Url(UrlError::Unsupported(m)) => write!(f, "unsupported: {m}"),
+            CreateError::Config(m) => write!(f, "invalid configuration: {m}"),
+            CreateError::Runtime(RuntimeError::Forked) => {
+                write!(
+                    f,
+                    "hbws was started in the parent process; it cannot be used after fork()"
+                )
+            }
+            CreateError::Runtime(RuntimeError::Start(m)) => {
+                write!(f, "runtime failed to start: {m}")
+            }
+            CreateError::Runtime(RuntimeError::AlreadyStarted) => {
+                write!(f, "runtime already started")
+            }
+        }
+    }
+}
+
+/// A snapshot of a client's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub state: Option<State>,
+    pub messages_sent: u64,
+    pub bytes_sent: u64,
+    pub messages_received: u64,
+    pub bytes_received: u64,
+    pub pings_sent: u64,
+    pub pongs_received: u64,
+    pub server_pings_answered: u64,
+    pub pongs_missed: u64,
+    pub connects: u64,
+    pub connect_attempts: u64,
+    pub messages_dropped: u64,
+    pub queued_messages: u64,
+    pub queued_bytes: u64,
+    pub rtt_last: Duration,
+    pub rtt_min: Duration,
+    pub rtt_mean: Duration,
+}
+
+#[derive(Default)]
+struct Counters {
+    messages_sent: AtomicU64,
+    bytes_sent: AtomicU64,
+    messages_received: AtomicU64,
+    bytes_received: AtomicU64,
+    pings_sent: AtomicU64,
+    pongs_received: AtomicU64,
+    server_pings_answered: AtomicU64,
+    pongs_missed: AtomicU64,
+    connects: AtomicU64,
+    connect_attempts: AtomicU64,
+    messages_dropped: AtomicU64,
+    rtt_last_us: AtomicU64,
+    rtt_min_us: AtomicU64,
+    rtt_sum_us: AtomicU64,
+}
+
+fn bump(c: &AtomicU64, by: u64) {
+    c.fetch_add(by, Relaxed);
+}
+
+struct Inner {
+    state: State,
+    queue: VecDeque<Message>,
+    queued_bytes: usize,
+    close_requested: bool,
+    /// The task has ended (or is ending): nothing more is accepted.
+    finished: bool,
+    pending_sink: Option<Box<dyn EventSink>>,
+}
+
+/// What the host's threads and the task share.
+struct Shared {
+    cfg: Arc<Config>,
+    inner: Mutex<Inner>,
+    /// Wakes the task: a new message, a close request, a new sink.
+    wake: Notify,
+    sink_pending: AtomicBool,
+    counters: Counters,
+    done: Mutex<bool>,
+    done_cv: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Nothing panics while holding the lock; if something did, the data is still consistent
+        // enough to close down, so ignore the poison rather than spread the panic.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn payload_len(m: &Message) -> usize {
+    match m {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) => b.len(),
+        _ => 0,
+    }
+}
+
+/// A running client. Cheap to clone; all clones are the same client.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+impl Client {
+    /// Validates `url` and `cfg`, starts the runtime if needed, and spawns the client's task.
+    /// With no sink the task waits, without connecting, until [`set_sink`](Self::set_sink), so
+    /// no event is ever lost.
+    pub fn connect(
+        url: &str,
+        cfg: Arc<Config>,
+        sink: Option<Box<dyn EventSink>>,
+    ) -> Result<Client, CreateError> {
+        let target = Target::parse(url).map_err(CreateError::Url)?;
+        cfg.validate().map_err(CreateError::Config)?;
+        let handle = runtime::handle().map_err(CreateError::Runtime)?;
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                state: State::Connecting,
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                close_requested: false,
+                finished: false,
+                pending_sink: None,
+            }),
+            wake: Notify::new(),
+            sink_pending: AtomicBool::new(false),
+            counters: Counters::default(),
+            done: Mutex::new(false),
+            done_cv: Condvar::new(),
+            cfg,
+        });
+        let task = Task::new(shared.clone(), target, sink);
+        handle.spawn(task.run());
+        Ok(Client { shared })
+    }
+
+    /// Queues a text message. Never blocks beyond a short lock.
+    pub fn send_text(&self, text: &str) -> Result<(), SendError> {
+        self.send(text.len(), || {
+            Message::Text(Utf8Bytes::from(text.to_owned()))
+        })
+    }
+
+    /// Queues a binary message. Never blocks beyond a short lock.
+    pub fn send_binary(&self, data: &[u8]) -> Result<(), SendError> {
+        self.send(data.len(), || Message::Binary(Bytes::copy_from_slice(data)))
+    }
+
+    fn send(&self, len: usize, make: impl FnOnce() -> Message) -> Result<(), SendError> {
+        let cfg = &self.shared.cfg;
+        if len > cfg.max_message_size {
+            return Err(SendError::TooBig);
+        }
+        {
+            let mut g = self.shared.lock();
+            if g.finished || g.close_requested {
+                return Err(SendError::Closed);
+            }
+            let (max_n, max_bytes) = if g.state == State::Open {
+                (cfg.send_queue_messages, cfg.send_queue_bytes)
+            } else {
+                if cfg.offline_queue_messages == 0 {
+                    return Err(SendError::NotOpen);
+                }
+                (cfg.offline_queue_messages, cfg.offline_queue_bytes)
+            };
+            if g.queue.len() >= max_n || g.queued_bytes.saturating_add(len) > max_bytes {
+                return Err(SendError::QueueFull);
+            }
+            g.queue.push_back(make());
+            g.queued_bytes += len;
+        }
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// Replaces the event sink. The old one is dropped (released) by the task after its last
+    /// event. Fails with `Closed` once the task has ended; the sink is then dropped here.
+    pub fn set_sink<S: EventSink + 'static>(&self, sink: S) -> Result<(), (SendError, S)> {
+        let replaced = {
+            let mut g = self.shared.lock();
+            if g.finished {
+                return Err((SendError::Closed, sink));
+            }
+            // A sink set earlier and not yet picked up is replaced; it never saw an event.
+            let replaced = g.pending_sink.replace(Box::new(sink));
+            self.shared.sink_pending.store(true, Relaxed);
+            replaced
+        };
+        // Released outside the lock: a release hook may call back into the library.
+        drop(replaced);
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// Asks the task to close: flush the queue, close handshake bounded by `close_timeout`,
+    /// final events, release. With `wait`, blocks until all of that is done.
+    /// Returns false if close had already been requested.
+    pub fn close(&self, wait: bool) -> bool {
+        let first = {
+            let mut g = self.shared.lock();
+            !std::mem::replace(&mut g.close_requested, true)
+        };
+        self.shared.wake.notify_one();
+        if wait {
+            self.wait_done();
+        }
+        first
+    }
+
+    /// Blocks until the task has ended and released its sink.
+    pub fn wait_done(&self) {
+        let mut done = self.shared.done.lock().unwrap_or_else(|p| p.into_inner());
+        while !*done {
+            done = self
+                .shared
+                .done_cv
+                .wait(done)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.shared.lock().state
+    }
+
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.counters;
+        let (state, queued_messages, queued_bytes) = {
+            let g = self.shared.lock();
+            (g.state, g.queue.len() as u64, g.queued_bytes as u64)
+        };
+        let pongs = c.pongs_received.load(Relaxed);
+        let us = Duration::from_micros;
+        Stats {
+            state: Some(state),
+            messages_sent: c.messages_sent.load(Relaxed),
+            bytes_sent: c.bytes_sent.load(Relaxed),
+            messages_received: c.messages_received.load(Relaxed),
+            bytes_received: c.bytes_received.load(Relaxed),
+            pings_sent: c.pings_sent.load(Relaxed),
+            pongs_received: pongs,
+            server_pings_answered: c.server_pings_answered.load(Relaxed),
+            pongs_missed: c.pongs_missed.load(Relaxed),
+            connects: c.connects.load(Relaxed),
+            connect_attempts: c.connect_attempts.load(Relaxed),
+            messages_dropped: c.messages_dropped.load(Relaxed),
+            queued_messages,
+            queued_bytes,
+            rtt_last: us(c.rtt_last_us.load(Relaxed)),
+            rtt_min: if pongs == 0 {
+                Duration::ZERO
+            } else {
+                us(c.rtt_min_us.load(Relaxed))
+            },
+            rtt_mean: us(c.rtt_sum_us.load(Relaxed).checked_div(pongs).unwrap_or(0)),
+        }
+    }
+}
+
+/// How a connection (or an attempt at one) ended.
+struct Outcome {
+    reason: Reason,
+    close_code: u16,
+    http_status: u16,
+    retry_after: Option<Duration>,
+    fatal: bool,
+    detail: String,
+}
+
+impl Outcome {
+    fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Outcome {
+            reason,
+            close_code: 0,
+            http_status: 0,
+            retry_after: None,
+            fatal: false,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The client's task. Owns the sink, so its release runs here, after the last event.
+struct Task {
+    shared: Arc<Shared>,
+    cfg: Arc<Config>,
+    target: Target,
+    sink: Option<Box<dyn EventSink>>,
+    reconnect: Reconnect,
+    rng: fastrand::Rng,
+    ping: Message,
+    pong: Message,
+}
+
+/// Most queued messages written per loop turn before the task reads and ticks again.
+const FLUSH_BATCH: usize = 64;
+
+impl Task {
+    fn new(shared: Arc<Shared>, target: Target, sink: Option<Box<dyn EventSink>>) -> Task {
+        let cfg = shared.cfg.clone();
+        Task {
+            reconnect: Reconnect::new(&cfg),
+            rng: fastrand::Rng::new(),
+            ping: match cfg.heartbeat_mode {
+                HeartbeatMode::Text => Message::Text(Utf8Bytes::from(cfg.ping_text.clone())),
+                HeartbeatMode::Protocol => Message::Ping(Bytes::new()),
+            },
+            pong: Message::Text(Utf8Bytes::from(cfg.pong_text.clone())),
+            shared,
+            cfg,
+            target,
+            sink,
+        }
+    }
+
+    fn close_requested(&self) -> bool {
+        self.shared.lock().close_requested
+    }
+
+    /// Resolves once close has been requested.
+    async fn wait_close(shared: &Shared) {
+        loop {
+            let notified = shared.wake.notified();
+            if shared.lock().close_requested {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn emit(&mut self, event: &Event<'_>) {
+        if self.shared.sink_pending.load(Relaxed) {
+            let new = {
+                let mut g = self.shared.lock();
+                self.shared.sink_pending.store(false, Relaxed);
+                g.pending_sink.take()
+            };
+            if let Some(new) = new {
+                // The old sink is released here, after its last event.
+                self.sink = Some(new);
+            }
+        }
+        if let Some(sink) = self.sink.as_mut() {
+            sink.event(event);
+        }
+    }
+
+    fn log(&mut self, level: LogLevel, message: fmt::Arguments<'_>) {
+        if level <= self.cfg.log_level
+            && (self.sink.is_some() || self.shared.sink_pending.load(Relaxed))
+        {
+            let text = message.to_string();
+            self.emit(&Event::Log {
+                level,
+                message: &text,
+            });
+        }
+    }
+
+    fn set_state(&mut self, change: StateChange) {
+        self.shared.lock().state = change.state;
+        self.emit(&Event::State(&change));
+    }
+
+    fn simple_state(
+        &mut self,
+        state: State,
+        reason: Reason,
+        attempt: u32,
+        detail: impl Into<String>,
+    ) {
+        self.set_state(StateChange {
+            state,
+            reason,
+            attempt,
+            delay: Duration::ZERO,
+            close_code: 0,
+            http_status: 0,
+            detail: detail.into(),
+        });
+    }
+
+    async fn run(mut self) {
+        // No sink yet: wait for one (or for close) before doing anything the host should hear of.
+        while self.sink.is_none() {
+            let notified = self.shared.wake.notified();
+            {
+                let mut g = self.shared.lock();
+                if let Some(s) = g.pending_sink.take() {
+                    self.shared.sink_pending.store(false, Relaxed);
+                    self.sink = Some(s);
+                    break;
+                }
+                if g.close_requested {
+                    break;
+                }
+            }
+            notified.await;
+        }
+        let mut attempt = 0;
+        loop {
+            if self.close_requested() {
+                return self.finish(Outcome::new(Reason::UserClose, "closed by the host"));
+            }
+            let detail = format!("connecting to {}:{}", self.target.host, self.target.port);
+            self.simple_state(State::Connecting, Reason::None, attempt, detail);
+            bump(&self.shared.counters.connect_attempts, 1);
+            let shared = self.shared.clone();
+            let opened = tokio::select! {
+                r = tokio::time::timeout(
+                    self.cfg.connect_timeout,
+                    Box::pin(connect::open(&self.target, &self.cfg)),
+                ) => r,
+                () = Self::wait_close(&shared) => {
+                    return self.finish(Outcome::new(Reason::UserClose, "closed by the host"));
+                }
+            };
+            let outcome = match opened {
+                Err(_) => Outcome::new(
+                    Reason::ConnectTimeout,
+                    format!("no connection within {:?}", self.cfg.connect_timeout),
+                ),
+                Ok(Err(e)) => self.connect_failure(e),
+                Ok(Ok(ws)) => self.session(ws).await,
+            };
+            if outcome.reason == Reason::UserClose || outcome.fatal {
+                return self.finish(outcome);
+            }
+            let decision = self
+                .reconnect
+                .on_failure(self.rng.f64(), outcome.retry_after);
+            match decision {
+                Decision::GiveUp { attempts } => {
+                    let detail = format!(
+                        "gave up after {attempts} attempts; last: {}",
+                        outcome.detail
+                    );
+                    return self.finish(Outcome {
+                        reason: Reason::MaxAttempts,
+                        detail,
+                        ..outcome
+                    });
+                }
+                Decision::Retry {
+                    attempt: next,
+                    delay,
+                } => {
+                    self.log(
+                        LogLevel::Info,
+                        format_args!(
+                            "reconnect attempt {next} in {} ms: {}",
+                            delay.as_millis(),
+                            outcome.detail
+                        ),
+                    );
+                    self.set_state(StateChange {
+                        state: State::Reconnecting,
+                        reason: outcome.reason,
+                        attempt: next,
+                        delay,
+                        close_code: outcome.close_code,
+                        http_status: outcome.http_status,
+                        detail: outcome.detail,
+                    });
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = Self::wait_close(&shared) => {
+                            return self.finish(Outcome::new(Reason::UserClose, "closed by the host"));
+                        }
+                    }
+                    attempt = next;
+                }
+            }
+        }
+    }
+
+    fn connect_failure(&mut self, e: ConnectError) -> Outcome {
+        let detail = e.to_string();
+        match e {
+            ConnectError::Rejected {
+                status,
+                retry_after,
+            } => Outcome {
+                http_status: status,
+                retry_after,
+                fatal: self.cfg.fatal_http_statuses.contains(&status),
+                ..Outcome::new(Reason::HandshakeRejected, detail)
+            },
+            ConnectError::Protocol(_) => Outcome::new(Reason::ProtocolError, detail),
+            ConnectError::Resolve(_) | ConnectError::Io(_) => {
+                Outcome::new(Reason::ConnectError, detail)
+            }
+        }
+    }
+
+    /// Runs one open connection until it ends.
+    async fn session(&mut self, mut ws: Socket) -> Outcome {
+        let opened_at = Instant::now();
+        bump(&self.shared.counters.connects, 1);
+        let detail = format!("connected to {}:{}", self.target.host, self.target.port);
+        self.simple_state(State::Open, Reason::None, self.reconnect.failures(), detail);
+        let mut hb = Heartbeat::new(&self.cfg, opened_at);
+        let stable_at =
+            (!self.cfg.stable_after.is_zero()).then(|| opened_at + self.cfg.stable_after);
+        let mut proved = false;
+        let wakeup = |hb: &Heartbeat, proved: bool| match stable_at {
+            Some(at) if !proved => hb.next_wakeup().min(at),
+            _ => hb.next_wakeup(),
+        };
+        let mut deadline = wakeup(&hb, proved);
+        let sleep = tokio::time::sleep_until(deadline);
+        tokio::pin!(sleep);
+        // Whatever was queued while offline goes out first, in order.
+        self.shared.wake.notify_one();
+        let shared = self.shared.clone();
+        loop {
+            tokio::select! {
+                msg = ws.next() => {
+                    let r = match msg {
+                        Some(Ok(m)) => self.inbound(&mut ws, &mut hb, &mut proved, m).await,
+                        Some(Err(e)) => Err(self.read_error(&mut ws, e).await),
+                        None => Err(Outcome::new(Reason::ConnectionLost, "connection closed by the server (EOF)")),
+                    };
+                    if let Err(o) = r {
+                        return self.lost(o);
+                    }
+                }
+                () = &mut sleep => {
+                    let now = Instant::now();
+                    if stable_at.is_some_and(|at| now >= at) && !proved {
+                        proved = true;
+                        self.reconnect.on_proof();
+                    }
+                    if let Err(o) = self.tick(&mut ws, &mut hb, now).await {
+                        return self.lost(o);
+                    }
+                }
+                () = shared.wake.notified() => {
+                    if self.close_requested() {
+                        return self.close_handshake(&mut ws).await;
+                    }
+                    if let Err(o) = self.flush_queue(&mut ws).await {
+                        return self.lost(o);
+                    }
+                }
+            }
+            let next = wakeup(&hb, proved);
+            if next != deadline {
+                deadline = next;
+                sleep.as_mut().reset(deadline);
+            }
+        }
+    }
+
+    /// An open connection ended by itself. The socket is dropped without waiting on it.
+    fn lost(&mut self, o: Outcome) -> Outcome {
+        self.log(
+            LogLevel::Warn,
+            format_args!("connection ended: {}", o.detail),
+        );
+        o
+    }
+
+    async fn tick(
+        &mut self,
+        ws: &mut Socket,
+        hb: &mut Heartbeat,
+        now: Instant,
+    ) -> Result<(), Outcome> {
+        let send_ping = match hb.poll(now) {
+            Tick::Idle => false,
+            Tick::Ping => true,
+            Tick::Missed { missed, ping } => {
+                bump(&self.shared.counters.pongs_missed, 1);
+                self.emit(&Event::Heartbeat(HeartbeatEvent::Missed { missed }));
+                let max = self.cfg.max_missed;
+                self.log(
+                    LogLevel::Warn,
+                    format_args!("heartbeat missed ({missed} of {max})"),
+                );
+                ping
+            }
+            Tick::Dead { missed } => {
+                bump(&self.shared.counters.pongs_missed, 1);
+                self.emit(&Event::Heartbeat(HeartbeatEvent::Missed { missed }));
+                let detail = format!(
+                    "{missed} heartbeats unanswered (interval {:?}, pong timeout {:?})",
+                    self.cfg.ping_interval, self.cfg.pong_timeout
+                );
+                return Err(Outcome::new(Reason::HeartbeatTimeout, detail));
+            }
+        };
+        if send_ping {
+            bump(&self.shared.counters.pings_sent, 1);
+            let ping = self.ping.clone();
+            ws.send(ping)
+                .await
+                .map_err(|e| Outcome::new(Reason::ConnectionLost, format!("write failed: {e}")))?;
+        }
+        Ok(())
+    }
+
+    async fn inbound(
+        &mut self,
+        ws: &mut Socket,
+        hb: &mut Heartbeat,
+        proved: &mut bool,
+        msg: Message,
+    ) -> Result<(), Outcome> {
+        let now = Instant::now();
+        let c = &self.shared.counters;
+        let is_pong = match &msg {
+            Message::Text(t) if t.as_str() == self.cfg.ping_text => {
+                // Answer at once, ahead of anything queued.
+                let pong = self.pong.clone();
+                ws.send(pong).await.map_err(|e| {
+                    Outcome::new(Reason::ConnectionLost, format!("write failed: {e}"))
+                })?;
+                bump(&c.server_pings_answered, 1);
+                hb.on_inbound(now);
+                self.emit(&Event::Heartbeat(HeartbeatEvent::ServerPing {
+                    protocol: false,
+                }));
+                if self.cfg.deliver_heartbeats {
+                    self.deliver(false, t.as_bytes());
+                }
+                return Ok(());
+            }
+            Message::Text(t) => t.as_str() == self.cfg.pong_text,
+            Message::Pong(_) => self.cfg.heartbeat_mode == HeartbeatMode::Protocol,
+            _ => false,
+        };
+        if is_pong {
+            if let Some(rtt) = hb.on_pong(now) {
+                bump(&c.pongs_received, 1);
+                let us = rtt.as_micros().min(u64::MAX as u128) as u64;
+                c.rtt_last_us.store(us, Relaxed);
+                c.rtt_sum_us.fetch_add(us, Relaxed);
+                if c.pongs_received.load(Relaxed) == 1 {
+                    c.rtt_min_us.store(us, Relaxed);
+                } else {
+                    c.rtt_min_us.fetch_min(us, Relaxed);
+                }
+                self.emit(&Event::Heartbeat(HeartbeatEvent::Pong { rtt }));
+            }
+            if !*proved {
+                *proved = true;
+                self.reconnect.on_proof();
+            }
+            if self.cfg.deliver_heartbeats {
+                if let Message::Text(t) = &msg {
+                    self.deliver(false, t.as_bytes());
+                }
+            }
+            return Ok(());
+        }
+        hb.on_inbound(now);
+        match msg {
+            Message::Text(t) => self.deliver(false, t.as_bytes()),
+            Message::Binary(b) => self.deliver(true, &b),
+            Message::Ping(_) => {
+                // tungstenite queued the Pong; it goes out on the next read, which is immediate.
+                bump(&c.server_pings_answered, 1);
+                self.emit(&Event::Heartbeat(HeartbeatEvent::ServerPing {
+                    protocol: true,
+                }));
+            }
+            Message::Close(frame) => {
+                let (code, reason) = frame
+                    .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
+                    .unwrap_or((1005, String::new()));
+                let fatal = self.cfg.fatal_close_codes.contains(&code);
+                let detail = format!("server closed with {code} {reason:?}");
+                // tungstenite answers the Close; the stream ends on the next read.
+                let _ = tokio::time::timeout(self.cfg.close_timeout, ws.flush()).await;
+                return Err(Outcome {
+                    close_code: code,
+                    fatal,
+                    ..Outcome::new(Reason::ServerClose, detail)
+                });
+            }
+            Message::Pong(_) | Message::Frame(_) => {}
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, binary: bool, data: &[u8]) {
+        let c = &self.shared.counters;
+        bump(&c.messages_received, 1);
+        bump(&c.bytes_received, data.len() as u64);
+        self.emit(&Event::Message { binary, data });
+    }
+
+    /// Maps a read error to an outcome, telling the server why where the protocol says so.
+    async fn read_error(&mut self, ws: &mut Socket, e: WsError) -> Outcome {
+        let (reason, code, detail) = match &e {
+            WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => (
+                Reason::MessageTooBig,
+                Some(CloseCode::Size),
+                format!("inbound message of {size} bytes exceeds max_message_size {max_size}"),
+            ),
+            WsError::Capacity(c) => (Reason::MessageTooBig, Some(CloseCode::Size), c.to_string()),
+            WsError::Utf8(m) => (
+                Reason::ProtocolError,
+                Some(CloseCode::Invalid),
+                format!("invalid UTF-8 in a text message: {m}"),
+            ),
+            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => (
+                Reason::ConnectionLost,
+                None,
+                "connection closed by the server without a close frame (EOF)".into(),
+            ),
+            WsError::Protocol(p) => (
+                Reason::ProtocolError,
+                Some(CloseCode::Protocol),
+                p.to_string(),
+            ),
+            other => (
+                Reason::ConnectionLost,
+                None,
+                format!("connection lost: {other}"),
+            ),
+        };
+        if let Some(code) = code {
+            let frame = CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(""),
+            };
+            let _ = tokio::time::timeout(self.cfg.close_timeout, ws.close(Some(frame))).await;
+        }
+        Outcome {
+            close_code: code.map_or(0, u16::from),
+            ..Outcome::new(reason, detail)
+        }
+    }
+
+    /// Writes up to a batch of queued messages, in order. A message whose write fails goes back
+    /// to the front of the queue, to be sent on the next connection.
+    async fn flush_queue(&mut self, ws: &mut Socket) -> Result<(), Outcome> {
+        for _ in 0..FLUSH_BATCH {
+            let Some(msg) = self.shared.lock().queue.pop_front() else {
+                return Ok(());
+            };
+            let len = payload_len(&msg);
+            match ws.send(msg.clone()).await {
+                Ok(()) => {
+                    self.shared.lock().queued_bytes -= len;
+                    bump(&self.shared.counters.messages_sent, 1);
+                    bump(&self.shared.counters.bytes_sent, len as u64);
+                }
+                Err(e) => {
+                    self.shared.lock().queue.push_front(msg);
+                    return Err(Outcome::new(
+                        Reason::ConnectionLost,
+                        format!("write failed: {e}"),
+                    ));
+                }
+            }
+        }
+        // More left: come back after a turn of reading and ticking.
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// The host closed: flush, close handshake, bounded by `close_timeout`.
+    async fn close_handshake(&mut self, ws: &mut Socket) -> Outcome {
+        self.simple_state(
+            State::Closing,
+            Reason::UserClose,
+            0,
+            "close requested by the host",
+        );
+        let deadline = Instant::now() + self.cfg.close_timeout;
+        let shared = self.shared.clone();
+        let _ = tokio::time::timeout_at(deadline, async {
+            while !shared.lock().queue.is_empty() {
+                if self.flush_queue(ws).await.is_err() {
+                    return;
+                }
+            }
+            let frame = CloseFrame {
+                code: CloseCode::Normal,
+                reason: Utf8Bytes::from_static(""),
+            };
+            if ws.close(Some(frame)).await.is_err() {
+                return;
+            }
+            // Until the server's Close (or EOF); data arriving meanwhile is still delivered.
+            while let Some(Ok(m)) = ws.next().await {
+                match m {
+                    Message::Text(t)
+                        if t.as_str() != self.cfg.ping_text && t.as_str() != self.cfg.pong_text =>
+                    {
+                        self.deliver(false, t.as_bytes())
+                    }
+                    Message::Binary(b) => self.deliver(true, &b),
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        Outcome::new(Reason::UserClose, "closed by the host")
+    }
+
+    /// Ends the client: refuse further sends, report what will never be written, CLOSED.
+    fn finish(mut self, o: Outcome) {
+        let (left, bytes, pending) = {
+            let mut g = self.shared.lock();
+            g.finished = true;
+            let left = std::mem::take(&mut g.queue);
+            let bytes = std::mem::take(&mut g.queued_bytes);
+            (left, bytes, g.pending_sink.take())
+        };
+        if let Some(p) = pending {
+            self.shared.sink_pending.store(false, Relaxed);
+            self.sink = Some(p);
+        }
+        if !left.is_empty() {
+            let count = left.len() as u64;
+            bump(&self.shared.counters.messages_dropped, count);
+            self.log(
+                LogLevel::Warn,
+                format_args!("{count} queued messages dropped at close"),
+            );
+            self.emit(&Event::Dropped {
+                count,
+                bytes: bytes as u64,
+                reason: o.reason,
+            });
+        }
+        let reason = o.reason;
+        self.set_state(StateChange {
+            state: State::Closed,
+            reason,
+            attempt: self.reconnect.failures(),
+            delay: Duration::ZERO,
+            close_code: o.close_code,
+            http_status: o.http_status,
+            detail: o.detail,
+        });
+        // Drop (below) releases the sink and wakes whoever waits in close.
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        // Also reached if the task is torn down early (runtime gone, a bug panicked): the client
+        // must still end, refuse sends, release its sink exactly once, and wake a waiting close.
+        let pending = {
+            let mut g = self.shared.lock();
+            g.finished = true;
+            g.state = State::Closed;
+            g.pending_sink.take()
+        };
+        drop(pending);
+        drop(self.sink.take());
+        *self.shared.done.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.shared.done_cv.notify_all();
+    }
+}

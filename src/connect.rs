@@ -1,0 +1,361 @@
+//! Opening a connection: URL parsing, TCP connect, and the HTTP/1.1 upgrade done by our own code.
+//!
+//! We write the upgrade request and parse the answer ourselves (with tungstenite's key helpers and
+//! `httparse`) instead of calling `client_async`: that keeps the handshake's buffers and future out
+//! of the connection's long-lived memory, lets the framing start with a small read buffer, and gives
+//! us the refused status and `Retry-After` as plain values. `wss://`, proxies and extra transports
+//! plug in at [`open`], where the TCP stream is made.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::config::Config;
+
+/// The transport a connection runs on. A TLS stream joins this when `wss://` lands.
+pub type Transport = TcpStream;
+/// An open WebSocket on our transport.
+pub type Socket = WebSocketStream<Transport>;
+
+/// A parsed and checked `ws://` URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Host as written, without IPv6 brackets.
+    pub host: String,
+    pub port: u16,
+    /// Path and query, at least `/`.
+    pub resource: String,
+    /// The `Host` header value.
+    pub host_header: String,
+}
+
+/// Why a URL was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UrlError {
+    /// Not a valid `ws://host[:port][/path]` URL; the text says what is wrong.
+    Invalid(String),
+    /// Valid, but needs something this build does not do yet (`wss://`).
+    Unsupported(String),
+}
+
+impl Target {
+    pub fn parse(url: &str) -> Result<Target, UrlError> {
+        let bad = |m: &str| Err(UrlError::Invalid(format!("{m}: {url:?}")));
+        if url
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            return bad("URL contains whitespace or control characters");
+        }
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return bad("URL has no scheme (expected ws://)");
+        };
+        let default_port = match scheme.to_ascii_lowercase().as_str() {
+            "ws" => 80,
+            "wss" => {
+                return Err(UrlError::Unsupported(
+                    "wss:// (TLS) is not supported by this build yet; use ws://".into(),
+                ))
+            }
+            _ => return bad("URL scheme must be ws://"),
+        };
+        let (authority, resource) = match rest.find(['/', '?', '#']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if resource.contains('#') {
+            return bad("URL must not have a fragment");
+        }
+        if authority.contains('@') {
+            return bad("URL must not carry user info (send credentials as a header)");
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let Some((h, after)) = v6.split_once(']') else {
+                return bad("unterminated IPv6 address");
+            };
+            if h.parse::<std::net::Ipv6Addr>().is_err() {
+                return bad("invalid IPv6 address");
+            }
+            let port = match after {
+                "" => None,
+                a => match a.strip_prefix(':') {
+                    Some(p) => Some(p),
+                    None => return bad("junk after IPv6 address"),
+                },
+            };
+            (h, port)
+        } else {
+            let (h, p) = match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            };
+            if !h
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+            {
+                return bad("host has characters that are not allowed");
+            }
+            (h, p)
+        };
+        if host.is_empty() {
+            return bad("URL has no host");
+        }
+        let port = match port {
+            None => default_port,
+            Some(p) => match p.parse::<u16>() {
+                Ok(p) if p != 0 => p,
+                _ => return bad("port must be 1..=65535"),
+            },
+        };
+        let resource = match resource {
+            "" => "/".to_string(),
+            r if r.starts_with('/') => r.to_string(),
+            r => format!("/{r}"),
+        };
+        let host_part = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
+        let host_header = if port == default_port {
+            host_part
+        } else {
+            format!("{host_part}:{port}")
+        };
+        Ok(Target {
+            host: host.to_string(),
+            port,
+            resource,
+            host_header,
+        })
+    }
+}
+
+/// Why opening a connection failed.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// Name resolution failed or gave no address.
+    Resolve(String),
+    /// TCP connect or I/O during the handshake failed.
+    Io(std::io::Error),
+    /// The server answered the upgrade with a status other than 101.
+    Rejected {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    /// The server answered 101 but broke the protocol (bad accept key, headers, garbage).
+    Protocol(String),
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectError::Resolve(m) => write!(f, "could not resolve host: {m}"),
+            ConnectError::Io(e) => write!(f, "connect failed: {e}"),
+            ConnectError::Rejected { status, .. } => {
+                write!(f, "handshake refused with HTTP {status}")
+            }
+            ConnectError::Protocol(m) => write!(f, "bad handshake answer: {m}"),
+        }
+    }
+}
+
+/// Largest upgrade answer we read before giving up.
+const MAX_RESPONSE: usize = 16 * 1024;
+const MAX_HEADERS: usize = 32;
+
+/// Opens TCP, performs the upgrade, returns the framed socket. Bounded by the caller's timeout.
+pub async fn open(target: &Target, cfg: &Config) -> Result<Socket, ConnectError> {
+    let tcp = tcp_connect(target).await?;
+    tcp.set_nodelay(true).map_err(ConnectError::Io)?;
+    upgrade(tcp, target, cfg).await
+}
+
+async fn tcp_connect(target: &Target) -> Result<TcpStream, ConnectError> {
+    // An IP literal needs no resolver (and no blocking-pool thread).
+    if let Ok(ip) = target.host.parse::<IpAddr>() {
+        return TcpStream::connect(SocketAddr::new(ip, target.port))
+            .await
+            .map_err(ConnectError::Io);
+    }
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((target.host.as_str(), target.port))
+        .await
+        .map_err(|e| ConnectError::Resolve(format!("{}: {e}", target.host)))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(ConnectError::Resolve(format!(
+            "{}: no addresses",
+            target.host
+        )));
+    }
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(ConnectError::Io(
+        last.expect("at least one address was tried"),
+    ))
+}
+
+async fn upgrade(
+    mut tcp: Transport,
+    target: &Target,
+    cfg: &Config,
+) -> Result<Socket, ConnectError> {
+    let key = generate_key();
+    let mut req = String::with_capacity(256);
+    req.push_str("GET ");
+    req.push_str(&target.resource);
+    req.push_str(" HTTP/1.1\r\nHost: ");
+    req.push_str(&target.host_header);
+    req.push_str(
+        "\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ",
+    );
+    req.push_str(&key);
+    req.push_str("\r\n");
+    for (name, value) in &cfg.headers {
+        req.push_str(name);
+        req.push_str(": ");
+        req.push_str(value);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    tcp.write_all(req.as_bytes())
+        .await
+        .map_err(ConnectError::Io)?;
+    drop(req);
+
+    let mut buf = Vec::with_capacity(512);
+    loop {
+        if buf.len() >= MAX_RESPONSE {
+            return Err(ConnectError::Protocol("response headers too large".into()));
+        }
+        if buf.capacity() == buf.len() {
+            buf.reserve(buf.len().max(512));
+        }
+        let n = tcp.read_buf(&mut buf).await.map_err(ConnectError::Io)?;
+        if n == 0 {
+            return Err(ConnectError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "server closed the connection during the handshake",
+            )));
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        let parsed = resp
+            .parse(&buf)
+            .map_err(|e| ConnectError::Protocol(e.to_string()))?;
+        let httparse::Status::Complete(header_len) = parsed else {
+            continue;
+        };
+        let status = resp.code.unwrap_or(0);
+        let header = |name: &str| {
+            resp.headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
+        };
+        if status != 101 {
+            let retry_after = header("retry-after")
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Duration::from_secs);
+            return Err(ConnectError::Rejected {
+                status,
+                retry_after,
+            });
+        }
+        let has_token = |name: &str, token: &str| {
+            header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        };
+        if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+            return Err(ConnectError::Protocol(
+                "101 without Upgrade: websocket".into(),
+            ));
+        }
+        if header("sec-websocket-accept").as_deref()
+            != Some(derive_accept_key(key.as_bytes()).as_str())
+        {
+            return Err(ConnectError::Protocol(
+                "Sec-WebSocket-Accept does not match".into(),
+            ));
+        }
+        let rest = buf.split_off(header_len);
+        drop(buf);
+        let ws_cfg = cfg.websocket_config();
+        return Ok(
+            WebSocketStream::from_partially_read(tcp, rest, Role::Client, Some(ws_cfg)).await,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(url: &str) -> Target {
+        Target::parse(url).unwrap_or_else(|e| panic!("{url}: {e:?}"))
+    }
+
+    #[test]
+    fn parses_good_urls() {
+        let t = ok("ws://example.com/chat?x=1");
+        assert_eq!(
+            (t.host.as_str(), t.port, t.resource.as_str()),
+            ("example.com", 80, "/chat?x=1")
+        );
+        assert_eq!(t.host_header, "example.com");
+        let t = ok("ws://127.0.0.1:9001");
+        assert_eq!(
+            (t.port, t.resource.as_str(), t.host_header.as_str()),
+            (9001, "/", "127.0.0.1:9001")
+        );
+        let t = ok("WS://[::1]:8080/a");
+        assert_eq!(
+            (t.host.as_str(), t.port, t.host_header.as_str()),
+            ("::1", 8080, "[::1]:8080")
+        );
+        let t = ok("ws://h?q");
+        assert_eq!(t.resource, "/?q");
+    }
+
+    #[test]
+    fn refuses_bad_urls_with_reasons() {
+        for url in [
+            "",
+            "example.com",
+            "http://example.com",
+            "ws://",
+            "ws://:80",
+            "ws://h:0",
+            "ws://h:65536",
+            "ws://h:x",
+            "ws://u:p@h/",
+            "ws://h/#frag",
+            "ws://h h/",
+            "ws://[::1",
+            "ws://[zz]/",
+            "ws://[::1]x/",
+            "ws://h\n/",
+            "ws://h%41/",
+        ] {
+            assert!(
+                matches!(Target::parse(url), Err(UrlError::Invalid(_))),
+                "{url:?} accepted"
+            );
+        }
+        assert!(matches!(
+            Target::parse("wss://example.com"),
+            Err(UrlError::Unsupported(_))
+        ));
+    }
+}

@@ -1,0 +1,556 @@
+//! `hb_client`: connect, callbacks, send, stats, close.
+
+use std::ffi::{c_char, c_void, CString};
+use std::sync::Arc;
+
+use super::hb_status::{self, *};
+use super::{bytes, cstr, guard, handle, hb_config, put, text, write_message};
+use crate::client::{
+    Client, CreateError, Event, EventSink, HeartbeatEvent, Reason, SendError, State, Stats,
+};
+use crate::config::Config;
+use crate::connect::UrlError;
+use crate::runtime::{self, RuntimeError};
+
+/// An open client. Opaque: C holds `hb_client *` handles that are checked on every call, so a
+/// handle used after `hb_close` is an error status, not undefined behaviour.
+pub struct hb_client {
+    _private: [u8; 0],
+}
+
+/// Connection states, as reported in `hb_state_event.state` and `hb_stats.state`.
+#[repr(i32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum hb_state {
+    HB_STATE_CONNECTING = 1,
+    HB_STATE_OPEN = 2,
+    HB_STATE_RECONNECTING = 3,
+    HB_STATE_CLOSING = 4,
+    HB_STATE_CLOSED = 5,
+}
+
+/// Why a state changed or messages were dropped (`hb_state_event.reason`, `hb_dropped_cb`).
+#[repr(i32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum hb_reason {
+    HB_REASON_NONE = 0,
+    /// `hb_close` was called.
+    HB_REASON_USER_CLOSE = 1,
+    /// `max_missed` heartbeats in a row went unanswered.
+    HB_REASON_HEARTBEAT_TIMEOUT = 2,
+    /// Reset, EOF or I/O error on an open connection.
+    HB_REASON_CONNECTION_LOST = 3,
+    /// The server sent a Close frame (`close_code`).
+    HB_REASON_SERVER_CLOSE = 4,
+    /// The upgrade was answered with a non-101 status (`http_status`).
+    HB_REASON_HANDSHAKE_REJECTED = 5,
+    /// No connection within the connect timeout.
+    HB_REASON_CONNECT_TIMEOUT = 6,
+    /// Name resolution or TCP connect failed.
+    HB_REASON_CONNECT_ERROR = 7,
+    /// The maximum number of reconnect attempts failed.
+    HB_REASON_MAX_ATTEMPTS = 8,
+    /// An inbound message exceeded the max message size (closed with 1009).
+    HB_REASON_MESSAGE_TOO_BIG = 9,
+    /// The server broke the WebSocket protocol (closed with 1002 or 1007).
+    HB_REASON_PROTOCOL_ERROR = 10,
+}
+
+/// Kinds of `hb_message_cb` messages.
+#[repr(i32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum hb_message_kind {
+    HB_MESSAGE_TEXT = 1,
+    HB_MESSAGE_BINARY = 2,
+}
+
+/// Kinds of `hb_heartbeat_event`.
+#[repr(i32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum hb_heartbeat_kind {
+    /// Our ping was answered; `rtt_us` is the round trip.
+    HB_HEARTBEAT_PONG = 1,
+    /// The server's text `ping` was answered with `pong`.
+    HB_HEARTBEAT_SERVER_PING = 2,
+    /// The server's protocol Ping frame was answered with a Pong frame.
+    HB_HEARTBEAT_SERVER_PROTOCOL_PING = 3,
+    /// Our ping got no pong within the pong timeout; `missed` in a row.
+    HB_HEARTBEAT_MISSED = 4,
+}
+
+/// A state change. Pointers in it are valid only during the callback.
+#[repr(C)]
+pub struct hb_state_event {
+    /// An `hb_state`.
+    pub state: i32,
+    /// An `hb_reason`.
+    pub reason: i32,
+    /// Connection attempt number since the last proven connection (0: first connect).
+    pub attempt: u32,
+    /// Close code involved (server close, 1009, 1007, 1002), or 0.
+    pub close_code: u16,
+    /// HTTP status of a refused handshake, or 0.
+    pub http_status: u16,
+    /// RECONNECTING: milliseconds until the next attempt.
+    pub delay_ms: u64,
+    /// Human-readable detail, NUL-terminated UTF-8.
+    pub detail: *const c_char,
+    /// Length of `detail` in bytes, without the NUL.
+    pub detail_len: usize,
+}
+
+/// A heartbeat happening.
+#[repr(C)]
+pub struct hb_heartbeat_event {
+    /// An `hb_heartbeat_kind`.
+    pub kind: i32,
+    /// Misses in a row (`HB_HEARTBEAT_MISSED`), else 0.
+    pub missed: u32,
+    /// Round-trip time in microseconds (`HB_HEARTBEAT_PONG`), else 0.
+    pub rtt_us: u64,
+}
+
+/// State changed. `event` is valid only during the call.
+pub type hb_state_cb =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, event: *const hb_state_event)>;
+/// An application message arrived. `kind` is an `hb_message_kind`; `data` (not NUL-terminated,
+/// UTF-8 for text) is valid only during the call.
+pub type hb_message_cb =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, kind: i32, data: *const u8, len: usize)>;
+/// A heartbeat was answered, or missed. `event` is valid only during the call.
+pub type hb_heartbeat_cb =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, event: *const hb_heartbeat_event)>;
+/// `count` messages (`bytes` payload bytes) that `hb_send_*` had accepted will never be sent;
+/// `reason` is an `hb_reason`.
+pub type hb_dropped_cb =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, count: u64, bytes: u64, reason: i32)>;
+/// A log line. `level` is an `hb_log_level`; `message` is NUL-terminated UTF-8, valid only during
+/// the call.
+pub type hb_log_cb = Option<
+    unsafe extern "C" fn(user_data: *mut c_void, level: i32, message: *const c_char, len: usize),
+>;
+/// Called exactly once with the `user_data`, after the last callback that received it.
+pub type hb_release_cb = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
+
+/// The callbacks of one client. Set `size` to `sizeof(hb_callbacks)`; any callback may be NULL.
+///
+/// Callbacks run on the library's runtime thread, one at a time per client, never while the
+/// library holds a lock. Any `hb_*` call is allowed inside them, `hb_close` included. They must
+/// return normally: no C++ exception, `longjmp` or thread exit may leave a callback. A slow
+/// callback delays every client sharing the runtime thread.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct hb_callbacks {
+    /// `sizeof(hb_callbacks)` as the caller compiled it, so the struct can grow.
+    pub size: usize,
+    pub on_state: hb_state_cb,
+    pub on_message: hb_message_cb,
+    pub on_heartbeat: hb_heartbeat_cb,
+    pub on_dropped: hb_dropped_cb,
+    pub on_log: hb_log_cb,
+    /// Releases `user_data`; runs exactly once, after the last callback (also when these
+    /// callbacks are replaced by `hb_set_callbacks`).
+    pub release: hb_release_cb,
+}
+
+/// A snapshot of a client's counters. Set `size` to `sizeof(hb_stats)` before the call.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct hb_stats {
+    pub size: usize,
+    /// An `hb_state`.
+    pub state: i32,
+    pub messages_sent: u64,
+    pub bytes_sent: u64,
+    pub messages_received: u64,
+    pub bytes_received: u64,
+    /// Heartbeat pings we sent.
+    pub pings_sent: u64,
+    /// Our pings that were answered.
+    pub pongs_received: u64,
+    /// Server pings (text or protocol) we answered.
+    pub server_pings_answered: u64,
+    /// Our pings that missed their pong.
+    pub pongs_missed: u64,
+    /// Connections opened (1 + reconnections).
+    pub connects: u64,
+    /// Connection attempts made.
+    pub connect_attempts: u64,
+    /// Accepted messages reported through `on_dropped`.
+    pub messages_dropped: u64,
+    /// Accepted messages not yet written.
+    pub queued_messages: u64,
+    pub queued_bytes: u64,
+    /// Heartbeat round trip: last, minimum, mean, in microseconds (0 before the first pong).
+    pub rtt_last_us: u64,
+    pub rtt_min_us: u64,
+    pub rtt_mean_us: u64,
+}
+
+struct UserData(*mut c_void);
+// SAFETY: the host hands user_data to us to pass back on our thread; making that legal for its
+// data is the host's side of the callback contract, stated in the header.
+unsafe impl Send for UserData {}
+
+/// The C callbacks as an event sink. Dropping it runs `release`.
+struct CSink {
+    cb: hb_callbacks,
+    user_data: UserData,
+}
+
+pub(crate) fn state_code(s: State) -> i32 {
+    (match s {
+        State::Connecting => hb_state::HB_STATE_CONNECTING,
+        State::Open => hb_state::HB_STATE_OPEN,
+        State::Reconnecting => hb_state::HB_STATE_RECONNECTING,
+        State::Closing => hb_state::HB_STATE_CLOSING,
+        State::Closed => hb_state::HB_STATE_CLOSED,
+    }) as i32
+}
+
+pub(crate) fn reason_code(r: Reason) -> i32 {
+    use hb_reason::*;
+    (match r {
+        Reason::None => HB_REASON_NONE,
+        Reason::UserClose => HB_REASON_USER_CLOSE,
+        Reason::HeartbeatTimeout => HB_REASON_HEARTBEAT_TIMEOUT,
+        Reason::ConnectionLost => HB_REASON_CONNECTION_LOST,
+        Reason::ServerClose => HB_REASON_SERVER_CLOSE,
+        Reason::HandshakeRejected => HB_REASON_HANDSHAKE_REJECTED,
+        Reason::ConnectTimeout => HB_REASON_CONNECT_TIMEOUT,
+        Reason::ConnectError => HB_REASON_CONNECT_ERROR,
+        Reason::MaxAttempts => HB_REASON_MAX_ATTEMPTS,
+        Reason::MessageTooBig => HB_REASON_MESSAGE_TOO_BIG,
+        Reason::ProtocolError => HB_REASON_PROTOCOL_ERROR,
+    }) as i32
+}
+
+/// A NUL-terminated copy for C (interior NULs, possible in a server's close reason, become '?').
+fn c_string(s: &str) -> CString {
+    CString::new(s.replace('\0', "?")).unwrap_or_default()
+}
+
+impl EventSink for CSink {
+    fn event(&mut self, event: &Event<'_>) {
+        let ud = self.user_data.0;
+        // SAFETY (all calls below): the host gave these function pointers for exactly these
+        // calls; every pointer we pass is valid for the duration of the call.
+        match event {
+            Event::State(s) => {
+                if let Some(f) = self.cb.on_state {
+                    let detail = c_string(&s.detail);
+                    let ev = hb_state_event {
+                        state: state_code(s.state),
+                        reason: reason_code(s.reason),
+                        attempt: s.attempt,
+                        close_code: s.close_code,
+                        http_status: s.http_status,
+                        delay_ms: s.delay.as_millis().min(u64::MAX as u128) as u64,
+                        detail: detail.as_ptr(),
+                        detail_len: detail.as_bytes().len(),
+                    };
+                    unsafe { f(ud, &ev) };
+                }
+            }
+            Event::Message { binary, data } => {
+                if let Some(f) = self.cb.on_message {
+                    let kind = if *binary {
+                        hb_message_kind::HB_MESSAGE_BINARY
+                    } else {
+                        hb_message_kind::HB_MESSAGE_TEXT
+                    };
+                    unsafe { f(ud, kind as i32, data.as_ptr(), data.len()) };
+                }
+            }
+            Event::Heartbeat(h) => {
+                if let Some(f) = self.cb.on_heartbeat {
+                    use hb_heartbeat_kind::*;
+                    let (kind, missed, rtt_us) = match *h {
+                        HeartbeatEvent::Pong { rtt } => {
+                            (HB_HEARTBEAT_PONG, 0, rtt.as_micros() as u64)
+                        }
+                        HeartbeatEvent::ServerPing { protocol: false } => {
+                            (HB_HEARTBEAT_SERVER_PING, 0, 0)
+                        }
+                        HeartbeatEvent::ServerPing { protocol: true } => {
+                            (HB_HEARTBEAT_SERVER_PROTOCOL_PING, 0, 0)
+                        }
+                        HeartbeatEvent::Missed { missed } => (HB_HEARTBEAT_MISSED, missed, 0),
+                    };
+                    let ev = hb_heartbeat_event {
+                        kind: kind as i32,
+                        missed,
+                        rtt_us,
+                    };
+                    unsafe { f(ud, &ev) };
+                }
+            }
+            Event::Dropped {
+                count,
+                bytes,
+                reason,
+            } => {
+                if let Some(f) = self.cb.on_dropped {
+                    unsafe { f(ud, *count, *bytes, reason_code(*reason)) };
+                }
+            }
+            Event::Log { level, message } => {
+                if let Some(f) = self.cb.on_log {
+                    let m = c_string(message);
+                    unsafe { f(ud, *level as i32, m.as_ptr(), m.as_bytes().len()) };
+                }
+            }
+        }
+    }
+}
+
+impl Drop for CSink {
+    fn drop(&mut self) {
+        if let Some(release) = self.cb.release {
+            // SAFETY: the host's release hook, called once with its own user_data.
+            unsafe { release(self.user_data.0) };
+        }
+    }
+}
+
+/// Reads the host's callbacks struct, checking its declared size.
+fn read_callbacks(cb: *const hb_callbacks) -> Result<hb_callbacks, hb_status> {
+    if cb.is_null() {
+        return Err(HB_ERR_NULL);
+    }
+    // SAFETY: non-NULL; the first field is the caller's declared size.
+    let size = unsafe { cb.cast::<usize>().read_unaligned() };
+    if size < std::mem::size_of::<hb_callbacks>() {
+        return Err(HB_ERR_INVALID_ARGUMENT);
+    }
+    // SAFETY: the caller declared at least our size.
+    Ok(unsafe { cb.read_unaligned() })
+}
+
+fn sink(cb: hb_callbacks, user_data: *mut c_void) -> CSink {
+    CSink {
+        cb,
+        user_data: UserData(user_data),
+    }
+}
+
+/// Creates a client for `url` and starts connecting in the background; returns at once.
+///
+/// `url`: NUL-terminated `ws://host[:port][/path][?query]`. `config`: NULL for defaults; it is
+/// copied, so it may be changed or freed afterwards. `callbacks`: NULL, or the client's callbacks
+/// with `user_data`. No event is lost: with callbacks the first event (CONNECTING) comes after
+/// this returns; with NULL the client waits, without connecting, until `hb_set_callbacks`.
+/// On success `*client_out` receives the handle. On error nothing is created, `release` is not
+/// called, and if `err_buf` is not NULL a NUL-terminated message (truncated to `err_buf_len`)
+/// says what was wrong: safe to read from any thread or goroutine.
+///
+/// Ownership: the handle belongs to the caller until `hb_close`.
+/// Thread safety: any thread.
+/// Errors: `HB_ERR_NULL`, `HB_ERR_INVALID_UTF8`, `HB_ERR_INVALID_URL`, `HB_ERR_UNSUPPORTED`
+/// (`wss://`), `HB_ERR_INVALID_ARGUMENT` (callbacks size), `HB_ERR_INVALID_CONFIG`,
+/// `HB_ERR_RUNTIME`, `HB_ERR_FORKED`.
+#[no_mangle]
+pub extern "C" fn hb_connect(
+    url: *const c_char,
+    config: *const hb_config,
+    callbacks: *const hb_callbacks,
+    user_data: *mut c_void,
+    client_out: *mut *mut hb_client,
+    err_buf: *mut c_char,
+    err_buf_len: usize,
+) -> hb_status {
+    let status = guard(|| {
+        let fail = |s: hb_status, m: &str| {
+            write_message(err_buf, err_buf_len, m);
+            Err(s)
+        };
+        if client_out.is_null() {
+            return fail(HB_ERR_NULL, "client_out is NULL");
+        }
+        let url = match cstr(url) {
+            Ok(u) => u,
+            Err(HB_ERR_NULL) => return fail(HB_ERR_NULL, "url is NULL"),
+            Err(s) => return fail(s, "url is not valid UTF-8"),
+        };
+        let cfg: Arc<Config> = if config.is_null() {
+            Arc::new(Config::default())
+        } else {
+            // SAFETY: non-NULL; the caller promises a live hb_config from hb_config_new.
+            unsafe { &*config }.inner.clone()
+        };
+        let cb = if callbacks.is_null() {
+            None
+        } else {
+            match read_callbacks(callbacks) {
+                Ok(cb) => Some(cb),
+                Err(s) => return fail(s, "callbacks->size is smaller than sizeof(hb_callbacks)"),
+            }
+        };
+        let client = match Client::connect(url, cfg, None) {
+            Ok(c) => c,
+            Err(e) => {
+                let status = match &e {
+                    CreateError::Url(UrlError::Invalid(_)) => HB_ERR_INVALID_URL,
+                    CreateError::Url(UrlError::Unsupported(_)) => HB_ERR_UNSUPPORTED,
+                    CreateError::Config(_) => HB_ERR_INVALID_CONFIG,
+                    CreateError::Runtime(RuntimeError::Forked) => HB_ERR_FORKED,
+                    CreateError::Runtime(_) => HB_ERR_RUNTIME,
+                };
+                return fail(status, &e.to_string());
+            }
+        };
+        let value = match handle::insert(client.clone()) {
+            Ok(v) => v,
+            Err(s) => {
+                client.close(false);
+                return fail(s, "too many clients");
+            }
+        };
+        // The sink goes in only now, so no callback (and no release) can run before success.
+        if let Some(cb) = cb {
+            // Cannot fail: nobody else knows the handle yet, so the client is not closed.
+            let _ = client.set_sink(sink(cb, user_data));
+        }
+        put(client_out, value as *mut hb_client)
+    });
+    if status == HB_ERR_PANIC {
+        write_message(err_buf, err_buf_len, "internal error (panic) in hb_connect");
+    }
+    status
+}
+
+/// Sets (or replaces) the client's callbacks and `user_data`. The previous callbacks' `release`
+/// runs after their last callback. The first call on a client created without callbacks starts
+/// its connection.
+///
+/// Ownership: on success the library owns `user_data` until it calls `release`; on error it does
+/// not take it and never calls this `release`.
+/// Thread safety: any thread, including inside a callback.
+/// Errors: `HB_ERR_NULL`, `HB_ERR_INVALID_ARGUMENT` (size), `HB_ERR_INVALID_HANDLE`,
+/// `HB_ERR_CLOSED` (the client has ended), `HB_ERR_FORKED`.
+#[no_mangle]
+pub extern "C" fn hb_set_callbacks(
+    client: *mut hb_client,
+    callbacks: *const hb_callbacks,
+    user_data: *mut c_void,
+) -> hb_status {
+    guard(|| {
+        let c = handle::get(client as usize)?;
+        let cb = read_callbacks(callbacks)?;
+        match c.set_sink(sink(cb, user_data)) {
+            Ok(()) => Ok(()),
+            Err((_, mut rejected)) => {
+                // Not ours: hand it back without calling release.
+                rejected.cb.release = None;
+                Err(HB_ERR_CLOSED)
+            }
+        }
+    })
+}
+
+fn send_status(e: SendError) -> hb_status {
+    match e {
+        SendError::Closed => HB_ERR_CLOSED,
+        SendError::QueueFull => HB_ERR_QUEUE_FULL,
+        SendError::TooBig => HB_ERR_MESSAGE_TOO_BIG,
+        SendError::NotOpen => HB_ERR_NOT_OPEN,
+    }
+}
+
+/// Queues a text message (`len` bytes of UTF-8 at `data`; `(NULL, 0)` is the empty message).
+/// The bytes are copied; the call never blocks. While not OPEN the message waits in the offline
+/// queue and goes out, in order, after (re)connection. A message accepted here is either sent or
+/// reported through `on_dropped`.
+///
+/// Thread safety: any thread, including inside a callback.
+/// Errors: `HB_ERR_NULL`, `HB_ERR_INVALID_UTF8`, `HB_ERR_INVALID_HANDLE`, `HB_ERR_CLOSED`,
+/// `HB_ERR_QUEUE_FULL`, `HB_ERR_MESSAGE_TOO_BIG`, `HB_ERR_NOT_OPEN`, `HB_ERR_FORKED`.
+#[no_mangle]
+pub extern "C" fn hb_send_text(
+    client: *mut hb_client,
+    data: *const c_char,
+    len: usize,
+) -> hb_status {
+    guard(|| {
+        let c = handle::get(client as usize)?;
+        let t = text(data, len)?;
+        c.send_text(t).map_err(send_status)
+    })
+}
+
+/// Queues a binary message (`len` bytes at `data`; `(NULL, 0)` is the empty message). As
+/// `hb_send_text` otherwise.
+///
+/// Thread safety: any thread, including inside a callback.
+/// Errors: as `hb_send_text`, without `HB_ERR_INVALID_UTF8`.
+#[no_mangle]
+pub extern "C" fn hb_send_binary(client: *mut hb_client, data: *const u8, len: usize) -> hb_status {
+    guard(|| {
+        let c = handle::get(client as usize)?;
+        let b = bytes(data, len)?;
+        c.send_binary(b).map_err(send_status)
+    })
+}
+
+/// Closes the client and frees its handle. Queued messages are flushed, then the close handshake
+/// runs, both bounded by the close timeout; what could not be sent is reported through
+/// `on_dropped`; the last callback is the CLOSED state; then `release` runs.
+///
+/// Called outside a callback, it returns after all of that: no callback of this client starts
+/// after it returns. Called inside any hbws callback (on the runtime thread) it only starts the
+/// close and returns at once; the remaining events follow after the callback returns.
+///
+/// Ownership: consumes the handle; any later use of it is `HB_ERR_INVALID_HANDLE`.
+/// Thread safety: any thread, including inside a callback.
+/// Errors: `HB_ERR_NULL`, `HB_ERR_INVALID_HANDLE` (also for a second close), `HB_ERR_FORKED`.
+#[no_mangle]
+pub extern "C" fn hb_close(client: *mut hb_client) -> hb_status {
+    guard(|| {
+        let c = handle::remove(client as usize)?;
+        c.close(!runtime::on_runtime_thread());
+        Ok(())
+    })
+}
+
+/// Fills `*out` with the client's counters. Set `out->size = sizeof(hb_stats)` first.
+///
+/// Thread safety: any thread, including inside a callback.
+/// Errors: `HB_ERR_NULL`, `HB_ERR_INVALID_ARGUMENT` (size), `HB_ERR_INVALID_HANDLE`,
+/// `HB_ERR_FORKED`.
+#[no_mangle]
+pub extern "C" fn hb_get_stats(client: *const hb_client, out: *mut hb_stats) -> hb_status {
+    guard(|| {
+        if out.is_null() {
+            return Err(HB_ERR_NULL);
+        }
+        // SAFETY: non-NULL; the first field is the caller's declared size.
+        let size = unsafe { out.cast::<usize>().read_unaligned() };
+        if size < std::mem::size_of::<hb_stats>() {
+            return Err(HB_ERR_INVALID_ARGUMENT);
+        }
+        let c = handle::get(client as usize)?;
+        let s: Stats = c.stats();
+        let us = |d: std::time::Duration| d.as_micros().min(u64::MAX as u128) as u64;
+        let stats = hb_stats {
+            size: std::mem::size_of::<hb_stats>(),
+            state: s.state.map_or(0, state_code),
+            messages_sent: s.messages_sent,
+            bytes_sent: s.bytes_sent,
+            messages_received: s.messages_received,
+            bytes_received: s.bytes_received,
+            pings_sent: s.pings_sent,
+            pongs_received: s.pongs_received,
+            server_pings_answered: s.server_pings_answered,
+            pongs_missed: s.pongs_missed,
+            connects: s.connects,
+            connect_attempts: s.connect_attempts,
+            messages_dropped: s.messages_dropped,
+            queued_messages: s.queued_messages,
+            queued_bytes: s.queued_bytes,
+            rtt_last_us: us(s.rtt_last),
+            rtt_min_us: us(s.rtt_min),
+            rtt_mean_us: us(s.rtt_mean),
+        };
+        put(out, stats)
+    })
+}

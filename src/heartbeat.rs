@@ -1,0 +1,348 @@
+//! Heartbeat accounting: pure code, time comes in as an argument.
+//!
+//! The connection task asks [`Heartbeat::next_wakeup`] when to wake, calls [`Heartbeat::poll`]
+//! then, and reports pongs and inbound frames. Nothing here sleeps or touches a socket, so the
+//! whole policy is tested by feeding it instants.
+//!
+//! # Detection bound
+//! Let `I` = ping interval, `T` = pong timeout, `M` = max missed. If the link goes silent right
+//! after a pong, the client declares it dead exactly
+//! - `I + M×T` later with re-probing (default: after a miss the next ping goes out at once), or
+//! - `M×I + T` later without re-probing (pings keep the regular cadence).
+//!
+//! With the defaults (30 s, 10 s, 3, re-probe on) that is 60 s.
+
+use std::time::Duration;
+use tokio::time::Instant;
+
+use crate::config::{Config, Liveness};
+
+/// What the connection task must do after [`Heartbeat::poll`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tick {
+    /// Nothing due yet.
+    Idle,
+    /// Send a heartbeat ping now (its send time is `now`).
+    Ping,
+    /// The outstanding ping missed its pong; `missed` in a row so far. If `ping`, a re-probe
+    /// ping is due now as well.
+    Missed { missed: u32, ping: bool },
+    /// `missed` pings in a row went unanswered: the link is dead.
+    Dead { missed: u32 },
+}
+
+/// The heartbeat state of one open connection.
+#[derive(Clone, Debug)]
+pub struct Heartbeat {
+    interval: Duration,
+    timeout: Duration,
+    max_missed: u32,
+    reprobe: bool,
+    any_inbound: bool,
+    next_ping: Instant,
+    /// Send time of the ping still waiting for its pong.
+    outstanding: Option<Instant>,
+    missed: u32,
+}
+
+impl Heartbeat {
+    /// Starts the schedule for a connection that opened at `now`: first ping at `now + interval`.
+    pub fn new(cfg: &Config, now: Instant) -> Self {
+        Heartbeat {
+            interval: cfg.ping_interval,
+            timeout: cfg.pong_timeout,
+            max_missed: cfg.max_missed.max(1),
+            reprobe: cfg.reprobe,
+            any_inbound: cfg.liveness == Liveness::AnyInbound,
+            next_ping: now + cfg.ping_interval,
+            outstanding: None,
+            missed: 0,
+        }
+    }
+
+    /// When [`poll`](Self::poll) has something to do next.
+    pub fn next_wakeup(&self) -> Instant {
+        match self.outstanding {
+            Some(sent) => sent + self.timeout,
+            None => self.next_ping,
+        }
+    }
+
+    /// Misses in a row so far.
+    pub fn missed(&self) -> u32 {
+        self.missed
+    }
+
+    /// Advances the schedule to `now`.
+    pub fn poll(&mut self, now: Instant) -> Tick {
+        if let Some(sent) = self.outstanding {
+            if now < sent + self.timeout {
+                return Tick::Idle;
+            }
+            self.outstanding = None;
+            self.missed += 1;
+            if self.missed >= self.max_missed {
+                return Tick::Dead {
+                    missed: self.missed,
+                };
+            }
+            if self.reprobe {
+                self.outstanding = Some(now);
+                self.next_ping = now + self.interval;
+                return Tick::Missed {
+                    missed: self.missed,
+                    ping: true,
+                };
+            }
+            // Regular cadence: the next ping is one interval after the missed one.
+            self.next_ping = sent + self.interval;
+            return Tick::Missed {
+                missed: self.missed,
+                ping: false,
+            };
+        }
+        if now >= self.next_ping {
+            self.outstanding = Some(now);
+            self.next_ping = now + self.interval;
+            return Tick::Ping;
+        }
+        Tick::Idle
+    }
+
+    /// A pong arrived. Any pong proves the link alive and clears the miss count; it returns the
+    /// round-trip time when it answers an outstanding ping.
+    pub fn on_pong(&mut self, now: Instant) -> Option<Duration> {
+        self.missed = 0;
+        let sent = self.outstanding.take()?;
+        self.next_ping = sent + self.interval;
+        Some(now.saturating_duration_since(sent))
+    }
+
+    /// Some other frame arrived. Under [`Liveness::AnyInbound`] it answers the outstanding ping
+    /// and clears the miss count; under [`Liveness::PongOnly`] it changes nothing.
+    pub fn on_inbound(&mut self, _now: Instant) {
+        if self.any_inbound {
+            self.missed = 0;
+            self.outstanding = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(interval: u64, timeout: u64, max: u32, reprobe: bool) -> Config {
+        Config {
+            ping_interval: Duration::from_secs(interval),
+            pong_timeout: Duration::from_secs(timeout),
+            max_missed: max,
+            reprobe,
+            ..Config::default()
+        }
+    }
+
+    /// Drives the heartbeat on a virtual clock, waking exactly at each requested instant, with a
+    /// silent peer. Returns the instant of death and the ticks seen.
+    fn run_silent(hb: &mut Heartbeat, t0: Instant) -> (Duration, Vec<Tick>) {
+        let mut ticks = Vec::new();
+        for _ in 0..1000 {
+            let now = hb.next_wakeup();
+            let tick = hb.poll(now);
+            ticks.push(tick);
+            if let Tick::Dead { .. } = tick {
+                return (now - t0, ticks);
+            }
+        }
+        panic!("never declared dead: {ticks:?}");
+    }
+
+    #[test]
+    fn dead_exactly_at_bound_with_reprobe() {
+        let t0 = Instant::now();
+        let mut hb = Heartbeat::new(&cfg(30, 10, 3, true), t0);
+        let (dead_at, ticks) = run_silent(&mut hb, t0);
+        assert_eq!(dead_at, Duration::from_secs(30 + 3 * 10));
+        assert_eq!(
+            ticks,
+            vec![
+                Tick::Ping,
+                Tick::Missed {
+                    missed: 1,
+                    ping: true
+                },
+                Tick::Missed {
+                    missed: 2,
+                    ping: true
+                },
+                Tick::Dead { missed: 3 },
+            ]
+        );
+    }
+
+    #[test]
+    fn dead_exactly_at_bound_without_reprobe() {
+        let t0 = Instant::now();
+        let mut hb = Heartbeat::new(&cfg(30, 10, 3, false), t0);
+        let (dead_at, _) = run_silent(&mut hb, t0);
+        assert_eq!(dead_at, Duration::from_secs(3 * 30 + 10));
+    }
+
+    #[test]
+    fn bound_holds_from_last_pong_not_from_open() {
+        let t0 = Instant::now();
+        let mut hb = Heartbeat::new(&cfg(30, 10, 3, true), t0);
+        // Healthy for a while: each ping answered after 5 ms.
+        let mut last_pong = t0;
+        for _ in 0..5 {
+            let at = hb.next_wakeup();
+            assert_eq!(hb.poll(at), Tick::Ping);
+            last_pong = at + Duration::from_millis(5);
+            assert_eq!(hb.on_pong(last_pong), Some(Duration::from_millis(5)));
+        }
+        // Then silence. The next ping goes out one interval after the last one was *sent*.
+        let sent_last = last_pong - Duration::from_millis(5);
+        let (dead_at, _) = run_silent(&mut hb, sent_last);
+        assert_eq!(dead_at, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn pong_after_a_miss_resets_the_count() {
+        let t0 = Instant::now();
+        let mut hb = Heartbeat::new(&cfg(30, 10, 3, true), t0);
+        let s = Duration::from_secs;
+        assert_eq!(hb.poll(t0 + s(30)), Tick::Ping);
+        assert_eq!(
+            hb.poll(t0 + s(40)),
+            Tick::Missed {
+                missed: 1,
+                ping: true
+            }
+        );
+        assert_eq!(
+            hb.poll(t0 + s(50)),
+            Tick::Missed {
+                missed: 2,
+                ping: true
+            }
+        );
+        // The re-probe sent at 50 s is answered at 51 s.
+        assert_eq!(hb.on_pong(t0 + s(51)), Some(s(1)));
+        assert_eq!(hb.missed(), 0);
+        // Next ping one interval after the answered re-probe; three fresh misses needed now.
+        assert_eq!(hb.next_wakeup(), t0 + s(80));
+        assert_eq!(hb.poll(t0 + s(80)), Tick::Ping);
+        assert_eq!(
+            hb.poll(t0 + s(90)),
+            Tick::Missed {
+                missed: 1,
+                ping: true
+            }
+        );
+        assert_eq!(
+            hb.poll(t0 + s(100)),
+            Tick::Missed {
+                missed: 2,
+                ping: true
+            }
+        );
+        assert_eq!(hb.poll(t0 + s(110)), Tick::Dead { missed: 3 });
+    }
+
+    #[test]
+    fn late_pong_without_reprobe_still_clears_misses() {
+        let t0 = Instant::now();
+        let mut hb = Heartbeat::new(&cfg(30, 10, 3, false), t0);
+        let s = Duration::from_secs;
+        assert_eq!(hb.poll(t0 + s(30)), Tick::Ping);
+        assert_eq!(
+            hb.poll(t0 + s(40)),
+            Tick::Missed {
+                missed: 1,
+                ping: false
+            }
+        );
+        assert_eq!(hb.next_wakeup(), t0 + s(60));
+        // A pong arriving after its ping was counted missed: no RTT, but the link is alive.
+        assert_eq!(hb.on_pong(t0 + s(45)), None);
+        assert_eq!(hb.missed(), 0);
+    }
+
+    #[test]
+    fn nothing_happens_before_the_interval() {
+        let t0 = Instant::now();
+        let mut hb = Heartbeat::new(&cfg(30, 10, 3, true), t0);
+        assert_eq!(hb.poll(t0 + Duration::from_millis(29_999)), Tick::Idle);
+        assert_eq!(hb.poll(t0 + Duration::from_secs(30)), Tick::Ping);
+        assert_eq!(hb.poll(t0 + Duration::from_millis(39_999)), Tick::Idle);
+    }
+
+    #[test]
+    fn any_inbound_policy_answers_pings() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut c = cfg(30, 10, 3, true);
+        c.liveness = Liveness::AnyInbound;
+        let mut hb = Heartbeat::new(&c, t0);
+        assert_eq!(hb.poll(t0 + s(30)), Tick::Ping);
+        assert_eq!(
+            hb.poll(t0 + s(40)),
+            Tick::Missed {
+                missed: 1,
+                ping: true
+            }
+        );
+        hb.on_inbound(t0 + s(41)); // a data frame, not a pong
+        assert_eq!(hb.missed(), 0);
+        assert_eq!(
+            hb.poll(t0 + s(50)),
+            Tick::Idle,
+            "inbound frame answered the re-probe"
+        );
+        // Under the default policy the same frame changes nothing.
+        let mut hb = Heartbeat::new(&cfg(30, 10, 3, true), t0);
+        assert_eq!(hb.poll(t0 + s(30)), Tick::Ping);
+        hb.on_inbound(t0 + s(31));
+        assert_eq!(
+            hb.poll(t0 + s(40)),
+            Tick::Missed {
+                missed: 1,
+                ping: true
+            }
+        );
+    }
+
+    #[test]
+    fn reprobe_switch_changes_cadence() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut on = Heartbeat::new(&cfg(30, 10, 5, true), t0);
+        let mut off = Heartbeat::new(&cfg(30, 10, 5, false), t0);
+        assert_eq!(on.poll(t0 + s(30)), Tick::Ping);
+        assert_eq!(off.poll(t0 + s(30)), Tick::Ping);
+        assert_eq!(
+            on.poll(t0 + s(40)),
+            Tick::Missed {
+                missed: 1,
+                ping: true
+            }
+        );
+        assert_eq!(
+            off.poll(t0 + s(40)),
+            Tick::Missed {
+                missed: 1,
+                ping: false
+            }
+        );
+        assert_eq!(on.next_wakeup(), t0 + s(50));
+        assert_eq!(off.next_wakeup(), t0 + s(60));
+    }
+
+    #[test]
+    fn one_miss_allowed_means_first_miss_is_death() {
+        let t0 = Instant::now();
+        let mut hb = Heartbeat::new(&cfg(1, 1, 1, true), t0);
+        let (dead_at, _) = run_silent(&mut hb, t0);
+        assert_eq!(dead_at, Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,90 @@
+//! The one private tokio runtime of the process.
+//!
+//! Started lazily by the first client, with 1 worker thread unless [`set_worker_threads`] said
+//! otherwise before that. It installs no signal handlers and no logger. A runtime does not
+//! survive `fork()`: the child sees [`RuntimeError::Forked`] from every call instead of a hang.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tokio::runtime::{Handle, Runtime};
+
+/// Why the runtime cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeError {
+    /// This process is a `fork()` child of the one that started the runtime.
+    Forked,
+    /// The OS refused to start the runtime's threads.
+    Start(String),
+    /// A setting that must come before the first client came after it.
+    AlreadyStarted,
+}
+
+struct Global {
+    runtime: Result<Runtime, String>,
+    pid: u32,
+}
+
+static GLOBAL: OnceLock<Global> = OnceLock::new();
+static WORKER_THREADS: AtomicUsize = AtomicUsize::new(1);
+/// The most worker threads one may ask for.
+pub const MAX_WORKER_THREADS: usize = 64;
+
+thread_local! {
+    static ON_RUNTIME_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Sets the number of worker threads. Only before the runtime has started.
+pub fn set_worker_threads(n: usize) -> Result<(), RuntimeError> {
+    if GLOBAL.get().is_some() {
+        return Err(RuntimeError::AlreadyStarted);
+    }
+    WORKER_THREADS.store(n.clamp(1, MAX_WORKER_THREADS), Ordering::SeqCst);
+    // A start racing with this call may have won; report it rather than pretend.
+    if GLOBAL.get().is_some() {
+        return Err(RuntimeError::AlreadyStarted);
+    }
+    Ok(())
+}
+
+/// Whether the runtime has been started in this process (or its parent, before a fork).
+pub fn started() -> bool {
+    GLOBAL.get().is_some()
+}
+
+/// True in a `fork()` child of the process that started the runtime.
+pub fn forked() -> bool {
+    GLOBAL.get().is_some_and(|g| g.pid != std::process::id())
+}
+
+/// True on one of the runtime's own threads, that is: inside any hbws callback.
+pub fn on_runtime_thread() -> bool {
+    ON_RUNTIME_THREAD.with(|c| c.get())
+}
+
+/// A handle to the runtime, starting it on first use.
+pub fn handle() -> Result<Handle, RuntimeError> {
+    let g = GLOBAL.get_or_init(|| Global {
+        runtime: tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(WORKER_THREADS.load(Ordering::SeqCst))
+            // Name resolution runs on the blocking pool; keep it small and short-lived.
+            .max_blocking_threads(4)
+            .thread_keep_alive(Duration::from_secs(5))
+            .thread_name("hbws")
+            .on_thread_start(|| ON_RUNTIME_THREAD.with(|c| c.set(true)))
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|e| e.to_string()),
+        pid: std::process::id(),
+    });
+    if g.pid != std::process::id() {
+        return Err(RuntimeError::Forked);
+    }
+    match &g.runtime {
+        Ok(rt) => Ok(rt.handle().clone()),
+        Err(e) => Err(RuntimeError::Start(e.clone())),
+    }
+}
