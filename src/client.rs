@@ -260,6 +260,29 @@ impl Client {
         let target = Target::parse(url).map_err(CreateError::Url)?;
         cfg.validate().map_err(CreateError::Config)?;
         let handle = runtime::handle().map_err(CreateError::Runtime)?;
+        Ok(Self::spawn(&handle, target, cfg, sink))
+    }
+
+    /// Like [`connect`](Self::connect) but on a runtime of the caller's choosing. For tests on
+    /// tokio's paused clock; the C API always uses the library's own runtime.
+    #[doc(hidden)]
+    pub fn connect_on(
+        handle: &tokio::runtime::Handle,
+        url: &str,
+        cfg: Arc<Config>,
+        sink: Option<Box<dyn EventSink>>,
+    ) -> Result<Client, CreateError> {
+        let target = Target::parse(url).map_err(CreateError::Url)?;
+        cfg.validate().map_err(CreateError::Config)?;
+        Ok(Self::spawn(handle, target, cfg, sink))
+    }
+
+    fn spawn(
+        handle: &tokio::runtime::Handle,
+        target: Target,
+        cfg: Arc<Config>,
+        sink: Option<Box<dyn EventSink>>,
+    ) -> Client {
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 state: State::Connecting,
@@ -278,7 +301,7 @@ impl Client {
         });
         let task = Task::new(shared.clone(), target, sink);
         handle.spawn(task.run());
-        Ok(Client { shared })
+        Client { shared }
     }
 
     /// Queues a text message. Never blocks beyond a short lock.

@@ -147,11 +147,12 @@ fn silent_server_heartbeat_timeout_then_reconnects() {
     // real clock; the exact bound is tested on the virtual clock).
     let last_pong = log
         .iter()
+        .rev()
         .filter_map(|r| match r {
             Rec::Heartbeat { kind, at, .. } if *kind == HB_HEARTBEAT_PONG as i32 => Some(*at),
             _ => None,
         })
-        .last()
+        .next()
         .unwrap();
     let dead_at = log
         .iter()

@@ -106,14 +106,20 @@ pub extern "C" fn hb_config_free(config: *mut hb_config) {
 /// Heartbeat ping interval, 1 ms ..= 24 h. Default 30000.
 #[no_mangle]
 pub extern "C" fn hb_config_set_ping_interval_ms(config: *mut hb_config, ms: u64) -> hb_status {
-    with(config, |c| Ok(c.ping_interval = millis(ms)?))
+    with(config, |c| {
+        c.ping_interval = millis(ms)?;
+        Ok(())
+    })
 }
 
 /// Time a ping waits for its pong before it counts as missed, 1 ms ..= 24 h, and not above the
 /// interval (checked by `hb_connect`). Default 10000.
 #[no_mangle]
 pub extern "C" fn hb_config_set_pong_timeout_ms(config: *mut hb_config, ms: u64) -> hb_status {
-    with(config, |c| Ok(c.pong_timeout = millis(ms)?))
+    with(config, |c| {
+        c.pong_timeout = millis(ms)?;
+        Ok(())
+    })
 }
 
 /// Misses in a row that declare the link dead, 1 ..= 1000. Default 3.
@@ -132,7 +138,10 @@ pub extern "C" fn hb_config_set_max_missed(config: *mut hb_config, count: u32) -
 /// 0: keep the interval (dead after `max_missed × interval + timeout`). Default 1.
 #[no_mangle]
 pub extern "C" fn hb_config_set_reprobe(config: *mut hb_config, enabled: i32) -> hb_status {
-    with(config, |c| Ok(c.reprobe = flag(enabled)?))
+    with(config, |c| {
+        c.reprobe = flag(enabled)?;
+        Ok(())
+    })
 }
 
 /// Text of the heartbeat ping (`len` bytes of UTF-8, 1 ..= 1024). Default "ping".
@@ -142,7 +151,10 @@ pub extern "C" fn hb_config_set_ping_text(
     data: *const c_char,
     len: usize,
 ) -> hb_status {
-    with(config, |c| Ok(c.ping_text = heartbeat_text(data, len)?))
+    with(config, |c| {
+        c.ping_text = heartbeat_text(data, len)?;
+        Ok(())
+    })
 }
 
 /// Text of the heartbeat pong (`len` bytes of UTF-8, 1 ..= 1024). Default "pong".
@@ -152,7 +164,10 @@ pub extern "C" fn hb_config_set_pong_text(
     data: *const c_char,
     len: usize,
 ) -> hb_status {
-    with(config, |c| Ok(c.pong_text = heartbeat_text(data, len)?))
+    with(config, |c| {
+        c.pong_text = heartbeat_text(data, len)?;
+        Ok(())
+    })
 }
 
 fn heartbeat_text(data: *const c_char, len: usize) -> Result<String, hb_status> {
@@ -194,7 +209,10 @@ pub extern "C" fn hb_config_set_deliver_heartbeats(
     config: *mut hb_config,
     enabled: i32,
 ) -> hb_status {
-    with(config, |c| Ok(c.deliver_heartbeats = flag(enabled)?))
+    with(config, |c| {
+        c.deliver_heartbeats = flag(enabled)?;
+        Ok(())
+    })
 }
 
 /// Reconnect backoff: attempt n waits uniform in `[0, min(cap, base × 2^n)]` (with jitter).
@@ -215,7 +233,10 @@ pub extern "C" fn hb_config_set_backoff(
 /// 1: full jitter (default); 0: wait exactly `min(cap, base × 2^n)`.
 #[no_mangle]
 pub extern "C" fn hb_config_set_backoff_jitter(config: *mut hb_config, enabled: i32) -> hb_status {
-    with(config, |c| Ok(c.backoff_jitter = flag(enabled)?))
+    with(config, |c| {
+        c.backoff_jitter = flag(enabled)?;
+        Ok(())
+    })
 }
 
 /// Floor under every reconnect delay, 0 ..= cap, so attempts are never back to back. Default 50.
@@ -235,7 +256,10 @@ pub extern "C" fn hb_config_set_backoff_min_ms(config: *mut hb_config, ms: u64) 
 /// `HB_REASON_MAX_ATTEMPTS`); 0 = never give up (default).
 #[no_mangle]
 pub extern "C" fn hb_config_set_max_attempts(config: *mut hb_config, attempts: u32) -> hb_status {
-    with(config, |c| Ok(c.max_attempts = attempts))
+    with(config, |c| {
+        c.max_attempts = attempts;
+        Ok(())
+    })
 }
 
 /// A connection open this long counts as proven (resets the attempt count) even before its first
@@ -255,13 +279,19 @@ pub extern "C" fn hb_config_set_stable_after_ms(config: *mut hb_config, ms: u64)
 /// Bound on TCP connect plus handshake, 1 ms ..= 24 h. Default 10000.
 #[no_mangle]
 pub extern "C" fn hb_config_set_connect_timeout_ms(config: *mut hb_config, ms: u64) -> hb_status {
-    with(config, |c| Ok(c.connect_timeout = millis(ms)?))
+    with(config, |c| {
+        c.connect_timeout = millis(ms)?;
+        Ok(())
+    })
 }
 
 /// Bound on `hb_close`'s flush and close handshake, 1 ms ..= 24 h. Default 2000.
 #[no_mangle]
 pub extern "C" fn hb_config_set_close_timeout_ms(config: *mut hb_config, ms: u64) -> hb_status {
-    with(config, |c| Ok(c.close_timeout = millis(ms)?))
+    with(config, |c| {
+        c.close_timeout = millis(ms)?;
+        Ok(())
+    })
 }
 
 /// HTTP statuses of a refused handshake that stop reconnection (`count` values at `statuses`,
