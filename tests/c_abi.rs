@@ -12,10 +12,16 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// target/<profile>, where cargo put libhbws.so for this test run.
+/// Where cargo put libhbws.so for this test run: `cargo test` leaves it in target/<profile>/deps
+/// beside the test binary (`cargo build` also copies it to target/<profile>).
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
+    let deps = exe.parent().unwrap();
+    if deps.join("libhbws.so").exists() {
+        deps.to_path_buf()
+    } else {
+        deps.parent().unwrap().to_path_buf()
+    }
 }
 
 #[test]
