@@ -466,6 +466,23 @@ struct Task {
 /// Most queued messages written per loop turn before the task reads and ticks again.
 const FLUSH_BATCH: usize = 64;
 
+/// Writes one message, bounded by `deadline`. A write that cannot complete by then (the peer
+/// stopped draining its socket: a black-holed link) ends the connection as a heartbeat timeout,
+/// so a full send buffer can never delay the verdict past the heartbeat's bound.
+async fn write(ws: &mut Socket, msg: Message, deadline: Instant) -> Result<(), Outcome> {
+    match tokio::time::timeout_at(deadline, ws.send(msg)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Outcome::new(
+            Reason::ConnectionLost,
+            format!("write failed: {e}"),
+        )),
+        Err(_) => Err(Outcome::new(
+            Reason::HeartbeatTimeout,
+            "write stalled until the heartbeat deadline: the peer stopped reading",
+        )),
+    }
+}
+
 impl Task {
     fn new(shared: Arc<Shared>, target: Target, sink: Option<Box<dyn EventSink>>) -> Task {
         let cfg = shared.cfg.clone();
@@ -617,7 +634,7 @@ impl Task {
                     delay,
                 } => {
                     self.log(
-                        LogLevel::Info,
+                        LogLevel::Debug,
                         format_args!(
                             "reconnect attempt {next} in {} ms: {}",
                             delay.as_millis(),
@@ -710,7 +727,7 @@ impl Task {
                     if self.close_requested() {
                         return self.close_handshake(&mut ws).await;
                     }
-                    if let Err(o) = self.flush_queue(&mut ws).await {
+                    if let Err(o) = self.flush_queue(&mut ws, hb.dead_by()).await {
                         return self.lost(o);
                     }
                 }
@@ -764,9 +781,7 @@ impl Task {
         if send_ping {
             bump(&self.shared.counters.pings_sent, 1);
             let ping = self.ping.clone();
-            ws.send(ping)
-                .await
-                .map_err(|e| Outcome::new(Reason::ConnectionLost, format!("write failed: {e}")))?;
+            write(ws, ping, hb.dead_by()).await?;
         }
         Ok(())
     }
@@ -784,9 +799,7 @@ impl Task {
             Message::Text(t) if t.as_str() == self.cfg.ping_text => {
                 // Answer at once, ahead of anything queued.
                 let pong = self.pong.clone();
-                ws.send(pong).await.map_err(|e| {
-                    Outcome::new(Reason::ConnectionLost, format!("write failed: {e}"))
-                })?;
+                write(ws, pong, hb.dead_by()).await?;
                 bump(&c.server_pings_answered, 1);
                 hb.on_inbound(now);
                 self.emit(&Event::Heartbeat(HeartbeatEvent::ServerPing {
@@ -907,24 +920,23 @@ impl Task {
 
     /// Writes up to a batch of queued messages, in order. A message whose write fails goes back
     /// to the front of the queue, to be sent on the next connection.
-    async fn flush_queue(&mut self, ws: &mut Socket) -> Result<(), Outcome> {
+    /// Writes that cannot finish by `deadline` end the connection (see [`write`]).
+    async fn flush_queue(&mut self, ws: &mut Socket, deadline: Instant) -> Result<(), Outcome> {
         for _ in 0..FLUSH_BATCH {
             let Some(msg) = self.shared.lock().queue.pop_front() else {
                 return Ok(());
             };
             let len = payload_len(&msg);
-            match ws.send(msg.clone()).await {
+            match write(ws, msg.clone(), deadline).await {
                 Ok(()) => {
                     self.shared.lock().queued_bytes -= len;
                     bump(&self.shared.counters.messages_sent, 1);
                     bump(&self.shared.counters.bytes_sent, len as u64);
                 }
-                Err(e) => {
+                Err(o) => {
+                    // Not fully written: it goes out again, whole, on the next connection.
                     self.shared.lock().queue.push_front(msg);
-                    return Err(Outcome::new(
-                        Reason::ConnectionLost,
-                        format!("write failed: {e}"),
-                    ));
+                    return Err(o);
                 }
             }
         }
@@ -945,7 +957,7 @@ impl Task {
         let shared = self.shared.clone();
         let _ = tokio::time::timeout_at(deadline, async {
             while !shared.lock().queue.is_empty() {
-                if self.flush_queue(ws).await.is_err() {
+                if self.flush_queue(ws, deadline).await.is_err() {
                     return;
                 }
             }

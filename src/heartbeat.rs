@@ -40,9 +40,29 @@ pub struct Heartbeat {
     reprobe: bool,
     any_inbound: bool,
     next_ping: Instant,
-    /// Send time of the ping still waiting for its pong.
-    outstanding: Option<Instant>,
+    /// The ping still waiting for its pong.
+    outstanding: Option<Probe>,
     missed: u32,
+}
+
+/// An unanswered ping: `due` anchors its deadline and the schedule, `sent` its round-trip time.
+#[derive(Clone, Copy, Debug)]
+struct Probe {
+    due: Instant,
+    sent: Instant,
+}
+
+/// A timer that fires this late still counts from when it was due, so timer granularity does not
+/// add up across the probes of one verdict. Later than this (the thread was busy, the process was
+/// suspended) the schedule restarts from now, so the peer always gets a full pong timeout.
+const ON_TIME: Duration = Duration::from_millis(50);
+
+fn anchor(due: Instant, now: Instant) -> Instant {
+    if now.saturating_duration_since(due) <= ON_TIME {
+        due
+    } else {
+        now
+    }
 }
 
 impl Heartbeat {
@@ -63,9 +83,25 @@ impl Heartbeat {
     /// When [`poll`](Self::poll) has something to do next.
     pub fn next_wakeup(&self) -> Instant {
         match self.outstanding {
-            Some(sent) => sent + self.timeout,
+            Some(p) => p.due + self.timeout,
             None => self.next_ping,
         }
+    }
+
+    /// When the link will be declared dead if no pong arrives from now on. Writes are bounded by
+    /// it, so a stalled socket cannot push the verdict past the documented bound.
+    pub fn dead_by(&self) -> Instant {
+        let step = if self.reprobe {
+            self.timeout
+        } else {
+            self.interval
+        };
+        let first_deadline = match self.outstanding {
+            Some(p) => p.due + self.timeout,
+            None => self.next_ping + self.timeout,
+        };
+        let later_misses = self.max_missed.saturating_sub(self.missed + 1);
+        first_deadline + step * later_misses
     }
 
     /// Misses in a row so far.
@@ -75,8 +111,9 @@ impl Heartbeat {
 
     /// Advances the schedule to `now`.
     pub fn poll(&mut self, now: Instant) -> Tick {
-        if let Some(sent) = self.outstanding {
-            if now < sent + self.timeout {
+        if let Some(p) = self.outstanding {
+            let deadline = p.due + self.timeout;
+            if now < deadline {
                 return Tick::Idle;
             }
             self.outstanding = None;
@@ -87,23 +124,25 @@ impl Heartbeat {
                 };
             }
             if self.reprobe {
-                self.outstanding = Some(now);
-                self.next_ping = now + self.interval;
+                let due = anchor(deadline, now);
+                self.outstanding = Some(Probe { due, sent: now });
+                self.next_ping = due + self.interval;
                 return Tick::Missed {
                     missed: self.missed,
                     ping: true,
                 };
             }
             // Regular cadence: the next ping is one interval after the missed one.
-            self.next_ping = sent + self.interval;
+            self.next_ping = p.due + self.interval;
             return Tick::Missed {
                 missed: self.missed,
                 ping: false,
             };
         }
         if now >= self.next_ping {
-            self.outstanding = Some(now);
-            self.next_ping = now + self.interval;
+            let due = anchor(self.next_ping, now);
+            self.outstanding = Some(Probe { due, sent: now });
+            self.next_ping = due + self.interval;
             return Tick::Ping;
         }
         Tick::Idle
@@ -113,9 +152,9 @@ impl Heartbeat {
     /// round-trip time when it answers an outstanding ping.
     pub fn on_pong(&mut self, now: Instant) -> Option<Duration> {
         self.missed = 0;
-        let sent = self.outstanding.take()?;
-        self.next_ping = sent + self.interval;
-        Some(now.saturating_duration_since(sent))
+        let p = self.outstanding.take()?;
+        self.next_ping = p.due + self.interval;
+        Some(now.saturating_duration_since(p.sent))
     }
 
     /// Some other frame arrived. Under [`Liveness::AnyInbound`] it answers the outstanding ping
@@ -207,6 +246,24 @@ mod tests {
     }
 
     #[test]
+    fn dead_by_predicts_the_verdict() {
+        for reprobe in [true, false] {
+            let t0 = Instant::now();
+            let mut hb = Heartbeat::new(&cfg(30, 10, 3, reprobe), t0);
+            let predicted = hb.dead_by();
+            // The prediction holds at every step of a silent run.
+            for _ in 0..10 {
+                assert_eq!(hb.dead_by(), predicted);
+                let now = hb.next_wakeup();
+                if let Tick::Dead { .. } = hb.poll(now) {
+                    assert_eq!(now, predicted, "reprobe={reprobe}");
+                    break;
+                }
+            }
+        }
+    }
+
+    #[test]
     fn pong_after_a_miss_resets_the_count() {
         let t0 = Instant::now();
         let mut hb = Heartbeat::new(&cfg(30, 10, 3, true), t0);
@@ -266,6 +323,30 @@ mod tests {
         // A pong arriving after its ping was counted missed: no RTT, but the link is alive.
         assert_eq!(hb.on_pong(t0 + s(45)), None);
         assert_eq!(hb.missed(), 0);
+    }
+
+    #[test]
+    fn late_timers_do_not_add_up_but_a_long_stall_restarts_the_schedule() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut hb = Heartbeat::new(&cfg(30, 10, 3, true), t0);
+        // Every wake-up 1 ms late (timer granularity): the verdict still lands 1 ms after 60 s.
+        let mut dead_at = None;
+        for _ in 0..10 {
+            let now = hb.next_wakeup() + ms(1);
+            if let Tick::Dead { .. } = hb.poll(now) {
+                dead_at = Some(now - t0);
+                break;
+            }
+        }
+        assert_eq!(dead_at, Some(Duration::from_secs(60) + ms(1)));
+        // A thread stalled (or a process suspended) for minutes: the ping goes out late, and the
+        // peer still gets a whole pong timeout from when it was really sent.
+        let mut hb = Heartbeat::new(&cfg(30, 10, 3, true), t0);
+        let resumed = t0 + Duration::from_secs(600);
+        assert_eq!(hb.poll(resumed), Tick::Ping);
+        assert_eq!(hb.next_wakeup(), resumed + Duration::from_secs(10));
+        assert_eq!(hb.on_pong(resumed + ms(3)), Some(ms(3)));
     }
 
     #[test]

@@ -41,6 +41,11 @@ async fn silent_server(listener: tokio::net::TcpListener) {
 }
 
 async fn detection(cfg: Config) -> (Duration, Vec<u32>) {
+    detection_with_traffic(cfg, 0).await
+}
+
+/// As [`detection`], with `flood` 4 KiB messages queued once the connection is open.
+async fn detection_with_traffic(cfg: Config, flood: usize) -> (Duration, Vec<u32>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}/", listener.local_addr().unwrap());
     tokio::spawn(silent_server(listener));
@@ -56,7 +61,15 @@ async fn detection(cfg: Config) -> (Duration, Vec<u32>) {
     let mut misses = Vec::new();
     loop {
         match rx.recv().await.unwrap() {
-            Seen::State(State::Open, _, at) => opened = Some(at),
+            Seen::State(State::Open, _, at) => {
+                opened = Some(at);
+                let chunk = vec![b'x'; 4096];
+                for _ in 0..flood {
+                    if client.send_binary(&chunk).is_err() {
+                        break;
+                    }
+                }
+            }
             Seen::Missed(n) => misses.push(n),
             Seen::State(State::Reconnecting, reason, at) => {
                 assert_eq!(reason, Reason::HeartbeatTimeout);
@@ -163,4 +176,17 @@ async fn accept_then_drop_server_cannot_cause_a_tight_loop() {
     // Eight reconnects took virtual seconds, not a busy loop.
     // (The eighth delay has only just begun.)
     assert!(Instant::now() - start >= retries[..7].iter().map(|r| r.1).sum::<Duration>());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn full_send_buffer_cannot_delay_the_verdict() {
+    // The server never reads, so the client's writes stall once the socket buffers are full; the
+    // stalled write must not hold the heartbeat hostage.
+    let cfg = Config {
+        send_queue_messages: 4096,
+        send_queue_bytes: 64 << 20,
+        ..Config::default()
+    };
+    let (elapsed, _) = detection_with_traffic(cfg, 4096).await;
+    assert!(elapsed <= Duration::from_secs(60), "{elapsed:?}");
 }
