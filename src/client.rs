@@ -257,10 +257,7 @@ impl Client {
         cfg: Arc<Config>,
         sink: Option<Box<dyn EventSink>>,
     ) -> Result<Client, CreateError> {
-        let target = Target::parse(url).map_err(CreateError::Url)?;
-        cfg.validate().map_err(CreateError::Config)?;
-        let handle = runtime::handle().map_err(CreateError::Runtime)?;
-        Ok(Self::spawn(&handle, target, cfg, sink))
+        Self::create(None, url, cfg, sink)
     }
 
     /// Like [`connect`](Self::connect) but on a runtime of the caller's choosing. For tests on
@@ -272,8 +269,26 @@ impl Client {
         cfg: Arc<Config>,
         sink: Option<Box<dyn EventSink>>,
     ) -> Result<Client, CreateError> {
+        Self::create(Some(handle), url, cfg, sink)
+    }
+
+    /// Checks the URL and config before anything starts (a bad URL never starts the runtime).
+    fn create(
+        handle: Option<&tokio::runtime::Handle>,
+        url: &str,
+        cfg: Arc<Config>,
+        sink: Option<Box<dyn EventSink>>,
+    ) -> Result<Client, CreateError> {
         let target = Target::parse(url).map_err(CreateError::Url)?;
         cfg.validate().map_err(CreateError::Config)?;
+        let own;
+        let handle = match handle {
+            Some(h) => h,
+            None => {
+                own = runtime::handle().map_err(CreateError::Runtime)?;
+                &own
+            }
+        };
         Ok(Self::spawn(handle, target, cfg, sink))
     }
 
