@@ -12,7 +12,9 @@ use crate::runtime::{self, RuntimeError};
 /// Ownership: static; do not free. Thread safety: any thread.
 #[no_mangle]
 pub extern "C" fn hb_version() -> *const c_char {
-    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+    guard_or(std::ptr::null(), || {
+        concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+    })
 }
 
 /// A static NUL-terminated description of an `hb_status` code ("unknown status" for codes this
@@ -48,6 +50,10 @@ pub extern "C" fn hb_status_str(status: i32) -> *const c_char {
 /// A static NUL-terminated name of an `hb_state` ("UNKNOWN" otherwise).
 #[no_mangle]
 pub extern "C" fn hb_state_str(state: i32) -> *const c_char {
+    guard_or(c"UNKNOWN".as_ptr(), || state_name(state).as_ptr())
+}
+
+fn state_name(state: i32) -> &'static std::ffi::CStr {
     let s: &'static std::ffi::CStr = match state {
         1 => c"CONNECTING",
         2 => c"OPEN",
@@ -56,12 +62,16 @@ pub extern "C" fn hb_state_str(state: i32) -> *const c_char {
         5 => c"CLOSED",
         _ => c"UNKNOWN",
     };
-    s.as_ptr()
+    s
 }
 
 /// A static NUL-terminated name of an `hb_reason` ("UNKNOWN" otherwise).
 #[no_mangle]
 pub extern "C" fn hb_reason_str(reason: i32) -> *const c_char {
+    guard_or(c"UNKNOWN".as_ptr(), || reason_name(reason).as_ptr())
+}
+
+fn reason_name(reason: i32) -> &'static std::ffi::CStr {
     let s: &'static std::ffi::CStr = match reason {
         0 => c"NONE",
         1 => c"USER_CLOSE",
@@ -76,7 +86,7 @@ pub extern "C" fn hb_reason_str(reason: i32) -> *const c_char {
         10 => c"PROTOCOL_ERROR",
         _ => c"UNKNOWN",
     };
-    s.as_ptr()
+    s
 }
 
 /// Sets how many threads the library's runtime uses (1 ..= 64; default 1). Only before the
