@@ -315,7 +315,8 @@ impl Client {
             cfg,
         });
         let task = Task::new(shared.clone(), target, sink);
-        handle.spawn(task.run());
+        // Boxed: the task's state lives once on the heap instead of twice in the future.
+        handle.spawn(Box::new(task).run());
         Client { shared }
     }
 
@@ -583,7 +584,7 @@ impl Task {
         });
     }
 
-    async fn run(mut self) {
+    async fn run(mut self: Box<Self>) {
         // No sink yet: wait for one (or for close) before doing anything the host should hear of.
         while self.sink.is_none() {
             let notified = self.shared.wake.notified();
@@ -624,7 +625,7 @@ impl Task {
                     format!("no connection within {:?}", self.cfg.connect_timeout),
                 ),
                 Ok(Err(e)) => self.connect_failure(e),
-                Ok(Ok(ws)) => self.session(ws).await,
+                Ok(Ok(mut ws)) => self.session(&mut ws).await,
             };
             if outcome.reason == Reason::UserClose || outcome.fatal {
                 return self.finish(outcome);
@@ -697,7 +698,7 @@ impl Task {
     }
 
     /// Runs one open connection until it ends.
-    async fn session(&mut self, mut ws: Socket) -> Outcome {
+    async fn session(&mut self, ws: &mut Socket) -> Outcome {
         let opened_at = Instant::now();
         bump(&self.shared.counters.connects, 1);
         let detail = format!("connected to {}:{}", self.target.host, self.target.port);
@@ -720,8 +721,8 @@ impl Task {
             tokio::select! {
                 msg = ws.next() => {
                     let r = match msg {
-                        Some(Ok(m)) => self.inbound(&mut ws, &mut hb, &mut proved, m).await,
-                        Some(Err(e)) => Err(self.read_error(&mut ws, e).await),
+                        Some(Ok(m)) => self.inbound(ws, &mut hb, &mut proved, m).await,
+                        Some(Err(e)) => Err(Box::pin(self.read_error(ws, e)).await),
                         None => Err(Outcome::new(Reason::ConnectionLost, "connection closed by the server (EOF)")),
                     };
                     if let Err(o) = r {
@@ -734,15 +735,16 @@ impl Task {
                         proved = true;
                         self.reconnect.on_proof();
                     }
-                    if let Err(o) = self.tick(&mut ws, &mut hb, now).await {
+                    if let Err(o) = self.tick(ws, &mut hb, now).await {
                         return self.lost(o);
                     }
                 }
                 () = shared.wake.notified() => {
                     if self.close_requested() {
-                        return self.close_handshake(&mut ws).await;
+                        // Boxed: a rare path that should not size every idle task.
+                        return Box::pin(self.close_handshake(ws)).await;
                     }
-                    if let Err(o) = self.flush_queue(&mut ws, hb.dead_by()).await {
+                    if let Err(o) = self.flush_queue(ws, hb.dead_by()).await {
                         return self.lost(o);
                     }
                 }
@@ -1001,7 +1003,7 @@ impl Task {
     }
 
     /// Ends the client: refuse further sends, report what will never be written, CLOSED.
-    fn finish(mut self, o: Outcome) {
+    fn finish(mut self: Box<Self>, o: Outcome) {
         let (left, bytes, pending) = {
             let mut g = self.shared.lock();
             g.finished = true;

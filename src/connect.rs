@@ -172,7 +172,7 @@ const MAX_RESPONSE: usize = 16 * 1024;
 const MAX_HEADERS: usize = 32;
 
 /// Opens TCP, performs the upgrade, returns the framed socket. Bounded by the caller's timeout.
-pub async fn open(target: &Target, cfg: &Config) -> Result<Socket, ConnectError> {
+pub async fn open(target: &Target, cfg: &Config) -> Result<Box<Socket>, ConnectError> {
     let tcp = tcp_connect(target).await?;
     tcp.set_nodelay(true).map_err(ConnectError::Io)?;
     upgrade(tcp, target, cfg).await
@@ -211,7 +211,7 @@ async fn upgrade(
     mut tcp: Transport,
     target: &Target,
     cfg: &Config,
-) -> Result<Socket, ConnectError> {
+) -> Result<Box<Socket>, ConnectError> {
     let key = generate_key();
     let mut req = String::with_capacity(256);
     req.push_str("GET ");
@@ -292,9 +292,9 @@ async fn upgrade(
         let rest = buf.split_off(header_len);
         drop(buf);
         let ws_cfg = cfg.websocket_config();
-        return Ok(
-            WebSocketStream::from_partially_read(tcp, rest, Role::Client, Some(ws_cfg)).await,
-        );
+        // Boxed: the socket then lives once on the heap, not in every future that holds it.
+        let ws = WebSocketStream::from_partially_read(tcp, rest, Role::Client, Some(ws_cfg)).await;
+        return Ok(Box::new(ws));
     }
 }
 
