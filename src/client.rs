@@ -532,7 +532,8 @@ impl Task {
         }
     }
 
-    fn emit(&mut self, event: &Event<'_>) {
+    /// Switches to a sink set by `set_sink`, releasing the old one (after its last event).
+    fn swap_sink(&mut self) {
         if self.shared.sink_pending.load(Relaxed) {
             let new = {
                 let mut g = self.shared.lock();
@@ -540,10 +541,13 @@ impl Task {
                 g.pending_sink.take()
             };
             if let Some(new) = new {
-                // The old sink is released here, after its last event.
                 self.sink = Some(new);
             }
         }
+    }
+
+    fn emit(&mut self, event: &Event<'_>) {
+        self.swap_sink();
         if let Some(sink) = self.sink.as_mut() {
             sink.event(event);
         }
@@ -740,6 +744,8 @@ impl Task {
                     }
                 }
                 () = shared.wake.notified() => {
+                    // New callbacks take over now, so the old user_data is released promptly.
+                    self.swap_sink();
                     if self.close_requested() {
                         // Boxed: a rare path that should not size every idle task.
                         return Box::pin(self.close_handshake(ws)).await;

@@ -709,13 +709,15 @@ fn client_without_callbacks_waits_until_they_are_set_and_loses_nothing() {
         hb_set_callbacks(h, &cb, Arc::into_raw(rec2.clone()) as *mut _),
         HB_OK
     );
+    // The old user_data is released promptly, before any further event.
+    rec.wait_for("old release", WAIT, |_| {
+        rec.released.load(Ordering::SeqCst) == 1
+    });
     srv.send_text_to_all("hello");
     rec2.wait_for("message on new callbacks", WAIT, |l| {
         l.iter().any(|r| matches!(r, Rec::Message { .. }))
     });
-    rec.wait_for("old release", WAIT, |_| {
-        rec.released.load(Ordering::SeqCst) == 1
-    });
+
     assert_eq!(hb_close(h), HB_OK);
     assert_eq!(rec2.released.load(Ordering::SeqCst), 1);
     assert_eq!(rec.released.load(Ordering::SeqCst), 1);
