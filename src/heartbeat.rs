@@ -40,16 +40,61 @@ pub struct Heartbeat {
     reprobe: bool,
     any_inbound: bool,
     next_ping: Instant,
-    /// The ping still waiting for its pong.
+    /// The ping whose pong timeout is running (the latest one sent).
     outstanding: Option<Probe>,
+    /// Send times of every ping not yet answered, oldest first, the outstanding one included.
+    /// Pongs come back in order on one stream, so a late pong answers the oldest of these.
+    unanswered: Ring,
     missed: u32,
 }
 
-/// An unanswered ping: `due` anchors its deadline and the schedule, `sent` its round-trip time.
+/// A small FIFO of send times, kept inline (no allocation per connection). Past its capacity the
+/// oldest entry is forgotten; only the RTT attributed to a pong that late is then approximate.
+#[derive(Clone, Debug)]
+struct Ring {
+    at: [Option<Instant>; 4],
+    head: usize,
+    len: usize,
+}
+
+impl Ring {
+    const fn new() -> Ring {
+        Ring {
+            at: [None; 4],
+            head: 0,
+            len: 0,
+        }
+    }
+    fn push(&mut self, t: Instant) {
+        let cap = self.at.len();
+        if self.len == cap {
+            self.pop();
+        }
+        self.at[(self.head + self.len) % cap] = Some(t);
+        self.len += 1;
+    }
+    fn pop(&mut self) -> Option<Instant> {
+        if self.len == 0 {
+            return None;
+        }
+        let t = self.at[self.head].take();
+        self.head = (self.head + 1) % self.at.len();
+        self.len -= 1;
+        t
+    }
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    fn clear(&mut self) {
+        *self = Ring::new();
+    }
+}
+
+/// The outstanding ping: `due` anchors its deadline and the schedule (its send time, for the
+/// round trip, is in `unanswered`).
 #[derive(Clone, Copy, Debug)]
 struct Probe {
     due: Instant,
-    sent: Instant,
 }
 
 /// A timer that fires this late still counts from when it was due, so timer granularity does not
@@ -76,6 +121,7 @@ impl Heartbeat {
             any_inbound: cfg.liveness == Liveness::AnyInbound,
             next_ping: now + cfg.ping_interval,
             outstanding: None,
+            unanswered: Ring::new(),
             missed: 0,
         }
     }
@@ -125,7 +171,8 @@ impl Heartbeat {
             }
             if self.reprobe {
                 let due = anchor(deadline, now);
-                self.outstanding = Some(Probe { due, sent: now });
+                self.outstanding = Some(Probe { due });
+                self.unanswered.push(now);
                 self.next_ping = due + self.interval;
                 return Tick::Missed {
                     missed: self.missed,
@@ -141,20 +188,26 @@ impl Heartbeat {
         }
         if now >= self.next_ping {
             let due = anchor(self.next_ping, now);
-            self.outstanding = Some(Probe { due, sent: now });
+            self.outstanding = Some(Probe { due });
+            self.unanswered.push(now);
             self.next_ping = due + self.interval;
             return Tick::Ping;
         }
         Tick::Idle
     }
 
-    /// A pong arrived. Any pong proves the link alive and clears the miss count; it returns the
-    /// round-trip time when it answers an outstanding ping.
+    /// A pong arrived. Any pong proves the link alive and clears the miss count. It answers the
+    /// oldest unanswered ping (pongs come back in order), whose round-trip time it returns; the
+    /// outstanding ping is answered only once every ping before it has been.
     pub fn on_pong(&mut self, now: Instant) -> Option<Duration> {
         self.missed = 0;
-        let p = self.outstanding.take()?;
-        self.next_ping = p.due + self.interval;
-        Some(now.saturating_duration_since(p.sent))
+        let sent = self.unanswered.pop()?;
+        if self.unanswered.is_empty() {
+            if let Some(p) = self.outstanding.take() {
+                self.next_ping = p.due + self.interval;
+            }
+        }
+        Some(now.saturating_duration_since(sent))
     }
 
     /// Some other frame arrived. Under [`Liveness::AnyInbound`] it answers the outstanding ping
@@ -163,6 +216,7 @@ impl Heartbeat {
         if self.any_inbound {
             self.missed = 0;
             self.outstanding = None;
+            self.unanswered.clear();
         }
     }
 }
@@ -283,9 +337,17 @@ mod tests {
                 ping: true
             }
         );
-        // The re-probe sent at 50 s is answered at 51 s.
-        assert_eq!(hb.on_pong(t0 + s(51)), Some(s(1)));
+        // The server answers all three pings late, in order, at 51 s: the first pong belongs
+        // to the ping of 30 s, the last to the re-probe of 50 s.
+        assert_eq!(hb.on_pong(t0 + s(51)), Some(s(21)));
         assert_eq!(hb.missed(), 0);
+        assert_eq!(
+            hb.next_wakeup(),
+            t0 + s(60),
+            "the re-probe of 50 s is still outstanding"
+        );
+        assert_eq!(hb.on_pong(t0 + s(51)), Some(s(11)));
+        assert_eq!(hb.on_pong(t0 + s(51)), Some(s(1)));
         // Next ping one interval after the answered re-probe; three fresh misses needed now.
         assert_eq!(hb.next_wakeup(), t0 + s(80));
         assert_eq!(hb.poll(t0 + s(80)), Tick::Ping);
@@ -320,9 +382,15 @@ mod tests {
             }
         );
         assert_eq!(hb.next_wakeup(), t0 + s(60));
-        // A pong arriving after its ping was counted missed: no RTT, but the link is alive.
-        assert_eq!(hb.on_pong(t0 + s(45)), None);
+        // A pong arriving after its ping was counted missed: the link is alive, and the RTT is
+        // that ping's real one.
+        assert_eq!(hb.on_pong(t0 + s(45)), Some(s(15)));
         assert_eq!(hb.missed(), 0);
+        assert_eq!(
+            hb.on_pong(t0 + s(46)),
+            None,
+            "an unsolicited pong answers nothing"
+        );
     }
 
     #[test]
@@ -347,6 +415,56 @@ mod tests {
         assert_eq!(hb.poll(resumed), Tick::Ping);
         assert_eq!(hb.next_wakeup(), resumed + Duration::from_secs(10));
         assert_eq!(hb.on_pong(resumed + ms(3)), Some(ms(3)));
+    }
+
+    #[test]
+    fn a_late_pong_does_not_answer_the_reprobe() {
+        // Ping at 30 s answered 15 s late (timeout 10 s), then the link goes silent. The pong is
+        // the first ping's: the re-probe of 40 s keeps its deadline, so the verdict comes 40 s
+        // after the answered ping was sent, inside the bound, and the RTT reads 15 s.
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut hb = Heartbeat::new(&cfg(30, 10, 3, true), t0);
+        assert_eq!(hb.poll(t0 + s(30)), Tick::Ping);
+        assert_eq!(
+            hb.poll(t0 + s(40)),
+            Tick::Missed {
+                missed: 1,
+                ping: true
+            }
+        );
+        assert_eq!(hb.on_pong(t0 + s(45)), Some(s(15)));
+        assert_eq!(
+            hb.poll(t0 + s(50)),
+            Tick::Missed {
+                missed: 1,
+                ping: true
+            }
+        );
+        assert_eq!(
+            hb.poll(t0 + s(60)),
+            Tick::Missed {
+                missed: 2,
+                ping: true
+            }
+        );
+        assert_eq!(hb.poll(t0 + s(70)), Tick::Dead { missed: 3 });
+    }
+
+    #[test]
+    fn ring_keeps_the_newest_send_times() {
+        let t0 = Instant::now();
+        let mut r = Ring::new();
+        for i in 0..6 {
+            r.push(t0 + Duration::from_secs(i));
+        }
+        let got: Vec<_> = std::iter::from_fn(|| r.pop()).collect();
+        assert_eq!(
+            got,
+            (2..6)
+                .map(|i| t0 + Duration::from_secs(i))
+                .collect::<Vec<_>>()
+        );
     }
 
     #[test]
