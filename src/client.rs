@@ -929,11 +929,15 @@ impl Task {
             ),
         };
         if let Some(code) = code {
+            // What the host already handed us goes out before our Close (a reply to the message
+            // just before the bad frame, say), bounded like a close handshake.
+            let deadline = Instant::now() + self.cfg.close_timeout;
+            self.flush_all(ws, deadline).await;
             let frame = CloseFrame {
                 code,
                 reason: Utf8Bytes::from_static(""),
             };
-            let _ = tokio::time::timeout(self.cfg.close_timeout, ws.close(Some(frame))).await;
+            let _ = tokio::time::timeout_at(deadline, ws.close(Some(frame))).await;
         }
         Outcome {
             close_code: code.map_or(0, u16::from),
@@ -968,6 +972,17 @@ impl Task {
         Ok(())
     }
 
+    /// Writes the whole queue, each write bounded by `deadline`. False if a write failed (what
+    /// was not written stays queued).
+    async fn flush_all(&mut self, ws: &mut Socket, deadline: Instant) -> bool {
+        while !self.shared.lock().queue.is_empty() {
+            if self.flush_queue(ws, deadline).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
     /// The host closed: flush, close handshake, bounded by `close_timeout`.
     async fn close_handshake(&mut self, ws: &mut Socket) -> Outcome {
         self.simple_state(
@@ -977,12 +992,9 @@ impl Task {
             "close requested by the host",
         );
         let deadline = Instant::now() + self.cfg.close_timeout;
-        let shared = self.shared.clone();
         let _ = tokio::time::timeout_at(deadline, async {
-            while !shared.lock().queue.is_empty() {
-                if self.flush_queue(ws, deadline).await.is_err() {
-                    return;
-                }
+            if !self.flush_all(ws, deadline).await {
+                return;
             }
             let frame = CloseFrame {
                 code: CloseCode::Normal,
