@@ -11,11 +11,32 @@ fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").unwrap().count()
 }
 
+fn fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
 #[test]
 fn one_runtime_thread_for_a_hundred_clients() {
     let srv = Server::start(ServerConfig::default()).unwrap();
     let before = threads();
     let cfg = Cfg::fast(200, 100, 3);
+    // Start the runtime (its epoll and waker descriptors are a one-time cost), then take the
+    // descriptor baseline with no client and no server connection open.
+    let warm = TestClient::connect(&srv.url(), Some(&cfg));
+    warm.wait_open(1);
+    warm.close();
+    let server_idle = || {
+        let deadline = std::time::Instant::now() + WAIT;
+        while srv.connections() != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "server connections did not close"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    };
+    server_idle();
+    let fds_before = fds();
     let clients: Vec<TestClient> = (0..100)
         .map(|_| TestClient::connect(&srv.url(), Some(&cfg)))
         .collect();
@@ -43,4 +64,9 @@ fn one_runtime_thread_for_a_hundred_clients() {
         c.close();
     }
     assert_eq!(threads(), with_clients, "closing clients starts no threads");
+    // Back to the baseline once the server's ends of the connections have closed too.
+    server_idle();
+    let fds_after = fds();
+    eprintln!("fds: {fds_before} before, {fds_after} after 100 clients came and went");
+    assert_eq!(fds_after, fds_before, "descriptors leaked");
 }
