@@ -250,45 +250,9 @@ async fn upgrade(
                 "server closed the connection during the handshake",
             )));
         }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut headers);
-        let parsed = resp
-            .parse(&buf)
-            .map_err(|e| ConnectError::Protocol(e.to_string()))?;
-        let httparse::Status::Complete(header_len) = parsed else {
+        let Some(header_len) = parse_response(&buf, &key)? else {
             continue;
         };
-        let status = resp.code.unwrap_or(0);
-        let header = |name: &str| {
-            resp.headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case(name))
-                .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
-        };
-        if status != 101 {
-            let retry_after = header("retry-after")
-                .and_then(|v| v.parse::<u64>().ok())
-                .map(Duration::from_secs);
-            return Err(ConnectError::Rejected {
-                status,
-                retry_after,
-            });
-        }
-        let has_token = |name: &str, token: &str| {
-            header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        };
-        if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
-            return Err(ConnectError::Protocol(
-                "101 without Upgrade: websocket".into(),
-            ));
-        }
-        if header("sec-websocket-accept").as_deref()
-            != Some(derive_accept_key(key.as_bytes()).as_str())
-        {
-            return Err(ConnectError::Protocol(
-                "Sec-WebSocket-Accept does not match".into(),
-            ));
-        }
         let rest = buf.split_off(header_len);
         drop(buf);
         let ws_cfg = cfg.websocket_config();
@@ -298,9 +262,102 @@ async fn upgrade(
     }
 }
 
+/// Parses the server's answer to our upgrade request (`key` is our Sec-WebSocket-Key).
+/// `Ok(None)`: incomplete, read more. `Ok(Some(n))`: a valid 101, whose headers are the first `n`
+/// bytes (what follows is already WebSocket data). Otherwise the refusal or protocol error.
+pub fn parse_response(buf: &[u8], key: &str) -> Result<Option<usize>, ConnectError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let parsed = resp
+        .parse(buf)
+        .map_err(|e| ConnectError::Protocol(e.to_string()))?;
+    let httparse::Status::Complete(header_len) = parsed else {
+        return Ok(None);
+    };
+    let status = resp.code.unwrap_or(0);
+    let header = |name: &str| {
+        resp.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
+    };
+    if status != 101 {
+        let retry_after = header("retry-after").as_deref().and_then(parse_retry_after);
+        return Err(ConnectError::Rejected {
+            status,
+            retry_after,
+        });
+    }
+    let has_token = |name: &str, token: &str| {
+        header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+        return Err(ConnectError::Protocol(
+            "101 without Upgrade: websocket".into(),
+        ));
+    }
+    if header("sec-websocket-accept").as_deref() != Some(derive_accept_key(key.as_bytes()).as_str())
+    {
+        return Err(ConnectError::Protocol(
+            "Sec-WebSocket-Accept does not match".into(),
+        ));
+    }
+    Ok(Some(header_len))
+}
+
+/// A `Retry-After` value in delta-seconds (an HTTP-date is not honoured: `None`).
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let v = value.trim();
+    if v.is_empty() || v.len() > 10 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse::<u64>().ok().map(Duration::from_secs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_upgrade_answers() {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let ok = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x01\x00";
+        assert_eq!(
+            parse_response(ok.as_bytes(), key).unwrap(),
+            Some(ok.len() - 2)
+        );
+        assert_eq!(parse_response(&ok.as_bytes()[..20], key).unwrap(), None);
+        let bad_key = ok.replace("s3pP", "AAAA");
+        assert!(matches!(
+            parse_response(bad_key.as_bytes(), key),
+            Err(ConnectError::Protocol(_))
+        ));
+        let refused = "HTTP/1.1 503 Busy\r\nRetry-After: 7\r\n\r\n";
+        assert!(matches!(
+            parse_response(refused.as_bytes(), key),
+            Err(ConnectError::Rejected { status: 503, retry_after: Some(d) }) if d == Duration::from_secs(7)
+        ));
+        assert!(matches!(
+            parse_response(b"garbage\r\n\r\n", key),
+            Err(ConnectError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn retry_after_is_delta_seconds_only() {
+        assert_eq!(parse_retry_after(" 120 "), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after("0"), Some(Duration::ZERO));
+        for v in [
+            "",
+            "-1",
+            "1.5",
+            "Wed, 21 Oct 2015 07:28:00 GMT",
+            "99999999999999999999",
+            "+5",
+        ] {
+            assert_eq!(parse_retry_after(v), None, "{v:?}");
+        }
+    }
 
     fn ok(url: &str) -> Target {
         Target::parse(url).unwrap_or_else(|e| panic!("{url}: {e:?}"))
