@@ -475,8 +475,6 @@ struct Task {
     sink: Option<Box<dyn EventSink>>,
     reconnect: Reconnect,
     rng: fastrand::Rng,
-    ping: Message,
-    pong: Message,
 }
 
 /// Most queued messages written per loop turn before the task reads and ticks again.
@@ -505,11 +503,6 @@ impl Task {
         Task {
             reconnect: Reconnect::new(&cfg),
             rng: fastrand::Rng::new(),
-            ping: match cfg.heartbeat_mode {
-                HeartbeatMode::Text => Message::Text(Utf8Bytes::from(cfg.ping_text.clone())),
-                HeartbeatMode::Protocol => Message::Ping(Bytes::new()),
-            },
-            pong: Message::Text(Utf8Bytes::from(cfg.pong_text.clone())),
             shared,
             cfg,
             target,
@@ -803,7 +796,11 @@ impl Task {
         };
         if send_ping {
             bump(&self.shared.counters.pings_sent, 1);
-            let ping = self.ping.clone();
+            // Built per ping (a small allocation every interval) rather than kept in every task.
+            let ping = match self.cfg.heartbeat_mode {
+                HeartbeatMode::Text => Message::Text(Utf8Bytes::from(self.cfg.ping_text.clone())),
+                HeartbeatMode::Protocol => Message::Ping(Bytes::new()),
+            };
             write(ws, ping, hb.dead_by()).await?;
         }
         Ok(())
@@ -821,7 +818,7 @@ impl Task {
         let is_pong = match &msg {
             Message::Text(t) if t.as_str() == self.cfg.ping_text => {
                 // Answer at once, ahead of anything queued.
-                let pong = self.pong.clone();
+                let pong = Message::Text(Utf8Bytes::from(self.cfg.pong_text.clone()));
                 write(ws, pong, hb.dead_by()).await?;
                 bump(&c.server_pings_answered, 1);
                 hb.on_inbound(now);
@@ -1021,6 +1018,8 @@ impl Task {
     }
 
     /// Ends the client: refuse further sends, report what will never be written, CLOSED.
+    // The task lives in this box for its whole life (see `spawn`); unboxing to end it would copy it.
+    #[allow(clippy::boxed_local)]
     fn finish(mut self: Box<Self>, o: Outcome) {
         let (left, bytes, pending) = {
             let mut g = self.shared.lock();
