@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# hbws benchmark harness. `benches/run.sh [--quick]`
+# Builds release, installs the peers if absent (pip websockets, npm ws, apt libwebsockets-dev),
+# runs every scenario against the reference server (bench-server, a separate lean process),
+# writes BENCHMARKS.md (+ SVG plots in benches/plots/) and prints one JSON object as its last line.
+set -euo pipefail
+QUICK=0
+[[ "${1:-}" == "--quick" ]] && QUICK=1
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(dirname "$HERE")
+OUT=$HERE/results
+T=$HERE/target/release
+export CARGO_TARGET_DIR=$HERE/target
+rm -rf "$OUT"; mkdir -p "$OUT"
+START=$(date +%s)
+log() { echo "[run.sh +$(( $(date +%s) - START ))s] $*" >&2; }
+
+if [[ $QUICK == 1 ]]; then
+  SCALE_N="1000 5000"; PEER_N=1000; K=2000; KLAT=20000; TRIALS=5; STORM_N=2000
+else
+  SCALE_N="1000 5000 15000"; PEER_N=5000; K=10000; KLAT=100000; TRIALS=20; STORM_N=10000
+fi
+INTERVAL=5000
+
+# ---------------------------------------------------------------- peers
+log "peers"
+PEER_NOTES=$OUT/peer_notes.txt; : > "$PEER_NOTES"
+python3 -c 'import websockets' 2>/dev/null || pip install -q websockets >&2 || echo "python websockets: install failed" >> "$PEER_NOTES"
+if ! NODE_PATH=$HERE/node_modules node -e 'require("ws")' 2>/dev/null; then
+  npm install --no-save --no-audit --no-fund --prefix "$HERE" ws >&2 || echo "node ws: install failed" >> "$PEER_NOTES"
+fi
+if ! pkg-config --exists libwebsockets 2>/dev/null; then
+  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y libwebsockets-dev; } >&2 || echo "libwebsockets-dev: install failed" >> "$PEER_NOTES"
+fi
+
+# ---------------------------------------------------------------- build
+log "build"
+(cd "$HERE" && cargo build --release -q) >&2
+# The shipped cdylib, built from the root manifest into our own target dir (the root is not edited).
+CARGO_TARGET_DIR=$HERE/target/lib cargo build --release -q --lib --manifest-path "$ROOT/Cargo.toml" >&2
+LWS=0
+if pkg-config --exists libwebsockets 2>/dev/null; then
+  gcc -O2 -Wall -Wextra -o "$T/lws_echo" "$HERE/c/lws_echo.c" $(pkg-config --cflags --libs libwebsockets) >&2 && LWS=1
+fi
+
+SPIN=()
+SRV_PID=""
+cleanup() {
+  [[ -n "$SRV_PID" ]] && kill "$SRV_PID" 2>/dev/null || true
+  for p in "${SPIN[@]}"; do kill "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+srv_start() { # bench-server as a separate process; sets SRV_PID and URL
+  "$T/bench-server" --port 0 --detached "$@" > "$OUT/srv.port" 2>/dev/null &
+  SRV_PID=$!
+  for _ in $(seq 100); do grep -q PORT "$OUT/srv.port" 2>/dev/null && break; sleep 0.02; done
+  URL="ws://127.0.0.1:$(awk '/PORT/{print $2}' "$OUT/srv.port")/"
+}
+srv_stop() { kill "$SRV_PID" 2>/dev/null || true; wait "$SRV_PID" 2>/dev/null || true; SRV_PID=""; }
+timed() { local name=$1; shift; local t=$(date +%s.%N); "$@"; echo "$name $(echo "$(date +%s.%N) - $t" | bc)" >> "$OUT/timings.txt"; }
+
+# ---------------------------------------------------------------- 1. scale
+scale_one() { # client N
+  srv_start
+  case $1 in
+    hbws|raw) "$T/scale" "$1" "$URL" "$2" "$INTERVAL" > "$OUT/scale_$1_$2.json" || echo '{}' > "$OUT/scale_$1_$2.json" ;;
+    python) timeout 300 python3 "$HERE/peers/py_scale.py" "$URL" "$2" "$INTERVAL" > "$OUT/scale_python_$2.json" || echo '{}' > "$OUT/scale_python_$2.json" ;;
+    node) NODE_PATH=$HERE/node_modules timeout 300 node "$HERE/peers/node_scale.js" "$URL" "$2" "$INTERVAL" > "$OUT/scale_node_$2.json" || echo '{}' > "$OUT/scale_node_$2.json" ;;
+  esac
+  srv_stop
+}
+scale_all() {
+  for n in $SCALE_N; do log "scale hbws $n"; scale_one hbws "$n"; log "scale raw $n"; scale_one raw "$n"; done
+  log "scale python/node $PEER_N"; scale_one python "$PEER_N"; scale_one node "$PEER_N"
+}
+timed scale scale_all
+
+# ---------------------------------------------------------------- 5. footprint
+footprint() {
+  log "footprint"
+  strip -o "$OUT/libhbws.stripped.so" "$HERE/target/lib/release/libhbws.so"
+  stat -c %s "$OUT/libhbws.stripped.so" > "$OUT/so_bytes.txt"
+  stat -c %s "$HERE/target/lib/release/libhbws.so" > "$OUT/so_bytes_unstripped.txt"
+  for c in hbws raw; do
+    srv_start
+    "$T/scale" "$c" "$URL" 1000 30000 --idle 5 > "$OUT/idle_$c.json" || echo '{}' > "$OUT/idle_$c.json"
+    srv_stop
+  done
+}
+timed footprint footprint
+
+# ---------------------------------------------------------------- 2. per-message cost
+cg_count() { # outfile -> total instructions
+  awk '/^(summary|totals):/{print $2; exit}' "$1"
+}
+echo_cmd() { # client k [--lat]
+  case $1 in
+    lws) "$T/lws_echo" "${URL_PORT}" "$2" ${3:-} ;;
+    *) "$T/echo" "$1" "$URL" "$2" ${3:-} ;;
+  esac
+}
+echo_all() {
+  srv_start
+  URL_PORT=$(awk '/PORT/{print $2}' "$OUT/srv.port")
+  local clients="hbws raw"; [[ $LWS == 1 ]] && clients="hbws raw lws"
+  : > "$OUT/callgrind.txt"
+  for mode in plain vec; do
+    for c in $clients; do
+      for k in 0 "$K"; do
+        log "callgrind $mode $c k=$k"
+        local f=$OUT/cg.$mode.$c.$k
+        local cmd
+        if [[ $c == lws ]]; then cmd=("$T/lws_echo" "$URL_PORT" "$k"); else cmd=("$T/echo" "$c" "$URL" "$k"); fi
+        local envs=()
+        [[ $mode == vec ]] && envs=(GLIBC_TUNABLES=glibc.cpu.x86_rep_stosb_threshold=0x7fffffffffff:glibc.cpu.x86_rep_movsb_threshold=0x7fffffffffff)
+        env "${envs[@]}" valgrind --tool=callgrind --callgrind-out-file="$f" "${cmd[@]}" >/dev/null 2>"$f.log" || true
+        echo "$mode $c $k $(cg_count "$f" 2>/dev/null || echo 0)" >> "$OUT/callgrind.txt"
+      done
+    done
+  done
+  log "latency with two nice -n 19 spinners"
+  for i in 1 2; do nice -n 19 bash -c 'while :; do :; done' & SPIN+=($!); done
+  for c in $clients; do
+    for r in 1 2 3; do echo_cmd "$c" "$KLAT" --lat > "$OUT/lat_${c}_$r.json" || echo '{}' > "$OUT/lat_${c}_$r.json"; done
+  done
+  for p in "${SPIN[@]}"; do kill "$p" 2>/dev/null || true; done; SPIN=()
+  srv_stop
+}
+timed echo echo_all
+
+# ---------------------------------------------------------------- 3. detection and reset
+log "detect ($TRIALS trials)"
+timed detect bash -c "'$T/detect' $TRIALS > '$OUT/detect.json' || echo '{}' > '$OUT/detect.json'"
+
+# ---------------------------------------------------------------- 4. reconnect storm
+log "storm $STORM_N jitter on"
+timed storm_jitter bash -c "'$T/storm' $STORM_N 1 2000 > '$OUT/storm_jitter.json' || echo '{}' > '$OUT/storm_jitter.json'"
+log "storm $STORM_N jitter off"
+timed storm_nojitter bash -c "'$T/storm' $STORM_N 0 2000 > '$OUT/storm_nojitter.json' || echo '{}' > '$OUT/storm_nojitter.json'"
+
+# ---------------------------------------------------------------- report
+ELAPSED=$(( $(date +%s) - START ))
+log "report (${ELAPSED}s of measurement)"
+python3 "$HERE/report.py" "$OUT" "$QUICK" "$ELAPSED" "$ROOT/BENCHMARKS.md" "$HERE/plots"
