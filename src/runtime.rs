@@ -23,7 +23,9 @@ pub enum RuntimeError {
 }
 
 struct Global {
-    runtime: Result<Runtime, String>,
+    /// A multi-thread runtime is kept here; a one-thread runtime lives on its own driver thread
+    /// and only its handle is kept.
+    runtime: Result<(Handle, Option<Runtime>), String>,
     pid: u32,
 }
 
@@ -67,24 +69,50 @@ pub fn on_runtime_thread() -> bool {
 /// A handle to the runtime, starting it on first use.
 pub fn handle() -> Result<Handle, RuntimeError> {
     let g = GLOBAL.get_or_init(|| Global {
-        runtime: tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(WORKER_THREADS.load(Ordering::SeqCst))
-            // Name resolution runs on the blocking pool; keep it small and short-lived.
-            .max_blocking_threads(4)
-            .thread_keep_alive(Duration::from_secs(5))
-            .thread_name("hbws")
-            .on_thread_start(|| ON_RUNTIME_THREAD.with(|c| c.set(true)))
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(|e| e.to_string()),
+        runtime: start(WORKER_THREADS.load(Ordering::SeqCst)),
         pid: std::process::id(),
     });
     if g.pid != std::process::id() {
         return Err(RuntimeError::Forked);
     }
     match &g.runtime {
-        Ok(rt) => Ok(rt.handle().clone()),
+        Ok((handle, _)) => Ok(handle.clone()),
         Err(e) => Err(RuntimeError::Start(e.clone())),
     }
+}
+
+/// Starts the runtime. One thread (the default): a current-thread runtime driven by a thread of
+/// our own, which costs less per event than a one-worker multi-thread scheduler. More threads: a
+/// multi-thread runtime.
+fn start(threads: usize) -> Result<(Handle, Option<Runtime>), String> {
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    let rt = builder
+        // Name resolution runs on the blocking pool; keep it small and short-lived.
+        .max_blocking_threads(4)
+        .thread_keep_alive(Duration::from_secs(5))
+        .thread_name("hbws")
+        .on_thread_start(|| ON_RUNTIME_THREAD.with(|c| c.set(true)))
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let handle = rt.handle().clone();
+    if threads > 1 {
+        return Ok((handle, Some(rt)));
+    }
+    std::thread::Builder::new()
+        .name("hbws".into())
+        .spawn(move || {
+            ON_RUNTIME_THREAD.with(|c| c.set(true));
+            // Drives every client's task until the process exits.
+            rt.block_on(std::future::pending::<()>());
+        })
+        .map_err(|e| e.to_string())?;
+    Ok((handle, None))
 }
