@@ -393,6 +393,9 @@ A(f"- Threads at rest, 1000 open clients, 7 s after the last connect: hbws proce
 A(f"- Wake-ups of an idle process holding 1000 clients between heartbeats (interval 30 s, 5 s window, context switches of "
   f"every thread but main from /proc/self/task/*/status): hbws **{ih.get('wakeups_per_s')}**/s, raw {ir_.get('wakeups_per_s')}/s.\n")
 
+changes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "changes.md")
+if os.path.exists(changes):
+    A(open(changes).read())
 A("## Figures not measured\n")
 A("\n".join(f"- {n}" for n in notes) if notes else "- none: every figure above was measured in this run.")
 A("")
