@@ -480,6 +480,10 @@ struct Task {
 /// Most queued messages written per loop turn before the task reads and ticks again.
 const FLUSH_BATCH: usize = 64;
 
+/// Send-queue capacity (in messages) a drained queue may keep; a larger one, left by a burst or
+/// an outage, is freed, so a client's memory returns to its resting size.
+const QUEUE_KEEP: usize = 16;
+
 /// Writes one message, bounded by `deadline`. A write that cannot complete by then (the peer
 /// stopped draining its socket: a black-holed link) ends the connection as a heartbeat timeout,
 /// so a full send buffer can never delay the verdict past the heartbeat's bound.
@@ -947,7 +951,16 @@ impl Task {
     /// Writes that cannot finish by `deadline` end the connection (see [`write`]).
     async fn flush_queue(&mut self, ws: &mut Socket, deadline: Instant) -> Result<(), Outcome> {
         for _ in 0..FLUSH_BATCH {
-            let Some(msg) = self.shared.lock().queue.pop_front() else {
+            let next = {
+                let mut g = self.shared.lock();
+                let next = g.queue.pop_front();
+                if next.is_none() && g.queue.capacity() > QUEUE_KEEP {
+                    // Drained after a burst or an outage: give the high-water mark back.
+                    g.queue = VecDeque::new();
+                }
+                next
+            };
+            let Some(msg) = next else {
                 return Ok(());
             };
             let len = payload_len(&msg);
