@@ -356,6 +356,7 @@ fn callbacks() -> hb_callbacks {
         on_dropped: Some(on_dropped),
         on_log: Some(on_log),
         release: Some(release),
+        on_delivery: None,
     }
 }
 

@@ -89,6 +89,7 @@ fn main() {
         on_dropped: None,
         on_log: None,
         release: Some(release),
+        on_delivery: None,
     };
     println!("silent-server detection: interval {interval} ms, pong timeout {timeout} ms, max missed {max}");
     println!("documented bound: {} ms", bound.as_millis());

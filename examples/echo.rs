@@ -396,6 +396,7 @@ fn run_connection(
         on_dropped: Some(on_dropped),
         on_log: Some(on_log),
         release: Some(release),
+        on_delivery: None,
     };
     let ud = Arc::into_raw(c.clone()) as *mut c_void;
     let s = hb_set_callbacks(client, &cb, ud);

@@ -87,6 +87,7 @@ fn main() {
         on_dropped: None,
         on_log: None,
         release: None,
+        on_delivery: None,
     };
     let curl = CString::new(url).unwrap();
     let rss0 = status_kib("VmRSS:");

@@ -279,7 +279,16 @@ typedef void (*hb_log_cb)(void *user_data, int32_t level, const char *message, s
 // Called exactly once with the `user_data`, after the last callback that received it.
 typedef void (*hb_release_cb)(void *user_data);
 
+// What became of the accepted messages with ids `first_id` to `first_id + count - 1`;
+// `outcome` is an `hb_delivery`. The n-th message `hb_send_*` accepts (returns `HB_OK`) on a
+// client has id n, counting from 1. Every id is reported exactly once, in increasing order:
+// confirmed about once per heartbeat interval, unconfirmed when a connection ends, dropped
+// when the client ends.
+typedef void (*hb_delivery_cb)(void *user_data, uint64_t first_id, uint64_t count, int32_t outcome);
+
 // The callbacks of one client. Set `size` to `sizeof(hb_callbacks)`; any callback may be NULL.
+// Fields are only ever added at the end: a caller compiled against an older header passes its
+// smaller `size` and the fields it does not have are NULL.
 //
 // Callbacks run on the library's runtime thread, one at a time per client, never while the
 // library holds a lock. Any `hb_*` call is allowed inside them, `hb_close` included. They must
@@ -296,9 +305,12 @@ typedef struct {
   // Releases `user_data`; runs exactly once, after the last callback (also when these
   // callbacks are replaced by `hb_set_callbacks`).
   hb_release_cb release;
+  // Added after `release`: a caller that sets a `size` ending at `release` gets NULL here.
+  hb_delivery_cb on_delivery;
 } hb_callbacks;
 
-// A snapshot of a client's counters. Set `size` to `sizeof(hb_stats)` before the call.
+// A snapshot of a client's counters. Set `size` to `sizeof(hb_stats)` before the call. Fields
+// are only ever added at the end; a caller with an older, smaller struct gets its fields only.
 typedef struct {
   size_t size;
   // An `hb_state`.
@@ -328,6 +340,9 @@ typedef struct {
   uint64_t rtt_last_us;
   uint64_t rtt_min_us;
   uint64_t rtt_mean_us;
+  // Accepted messages reported `HB_DELIVERY_CONFIRMED` / `HB_DELIVERY_UNCONFIRMED`.
+  uint64_t messages_confirmed;
+  uint64_t messages_unconfirmed;
 } hb_stats;
 
 #ifdef __cplusplus

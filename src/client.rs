@@ -99,7 +99,16 @@ pub enum Event<'a> {
         data: &'a [u8],
     },
     Heartbeat(HeartbeatEvent),
-    /// Messages accepted from the host that will never be written.
+    /// What became of accepted messages `first ..= first + count - 1`. The n-th message the
+    /// client accepts (`send_*` returned `Ok`) has id n, from 1; every id is reported exactly
+    /// once, in order.
+    Delivery {
+        first: u64,
+        count: u64,
+        outcome: Delivery,
+    },
+    /// Messages accepted from the host that will never be written (also reported, by id, as
+    /// [`Delivery::Dropped`]).
     Dropped {
         count: u64,
         bytes: u64,
@@ -109,6 +118,18 @@ pub enum Event<'a> {
         level: LogLevel,
         message: &'a str,
     },
+}
+
+/// What became of a range of accepted messages ([`Event::Delivery`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// The server has read them: it answered a ping written after them (or our close).
+    Confirmed,
+    /// Written to a connection that then ended before anything confirmed them: they may or may
+    /// not have reached the server. They are not sent again.
+    Unconfirmed,
+    /// Never written: the client ended with them queued.
+    Dropped,
 }
 
 /// Receives a client's events, one at a time, on the runtime thread. Dropping the sink is its
@@ -175,6 +196,9 @@ pub struct Stats {
     pub connects: u64,
     pub connect_attempts: u64,
     pub messages_dropped: u64,
+    /// Accepted messages reported [`Delivery::Confirmed`] / [`Delivery::Unconfirmed`].
+    pub messages_confirmed: u64,
+    pub messages_unconfirmed: u64,
     pub queued_messages: u64,
     pub queued_bytes: u64,
     pub rtt_last: Duration,
@@ -195,6 +219,8 @@ struct Counters {
     connects: AtomicU64,
     connect_attempts: AtomicU64,
     messages_dropped: AtomicU64,
+    messages_confirmed: AtomicU64,
+    messages_unconfirmed: AtomicU64,
     rtt_last_us: AtomicU64,
     rtt_min_us: AtomicU64,
     rtt_sum_us: AtomicU64,
@@ -431,6 +457,8 @@ impl Client {
             connects: c.connects.load(Relaxed),
             connect_attempts: c.connect_attempts.load(Relaxed),
             messages_dropped: c.messages_dropped.load(Relaxed),
+            messages_confirmed: c.messages_confirmed.load(Relaxed),
+            messages_unconfirmed: c.messages_unconfirmed.load(Relaxed),
             queued_messages,
             queued_bytes,
             rtt_last: us(c.rtt_last_us.load(Relaxed)),
@@ -475,6 +503,11 @@ struct Task {
     sink: Option<Box<dyn EventSink>>,
     reconnect: Reconnect,
     rng: fastrand::Rng,
+    /// Messages fully written so far (the queue is FIFO, so these are ids `1 ..= written`).
+    written: u64,
+    /// Messages whose fate has been reported (`1 ..= settled`); the rest of `written` is in
+    /// flight on the current connection.
+    settled: u64,
 }
 
 /// Most queued messages written per loop turn before the task reads and ticks again.
@@ -511,7 +544,29 @@ impl Task {
             cfg,
             target,
             sink,
+            written: 0,
+            settled: 0,
         }
+    }
+
+    /// Reports messages `settled + 1 ..= upto` as `outcome`.
+    fn settle(&mut self, upto: u64, outcome: Delivery) {
+        if upto <= self.settled {
+            return;
+        }
+        let (first, count) = (self.settled + 1, upto - self.settled);
+        self.settled = upto;
+        let c = &self.shared.counters;
+        match outcome {
+            Delivery::Confirmed => bump(&c.messages_confirmed, count),
+            Delivery::Unconfirmed => bump(&c.messages_unconfirmed, count),
+            Delivery::Dropped => {}
+        }
+        self.emit(&Event::Delivery {
+            first,
+            count,
+            outcome,
+        });
     }
 
     fn close_requested(&self) -> bool {
@@ -626,7 +681,12 @@ impl Task {
                     format!("no connection within {:?}", self.cfg.connect_timeout),
                 ),
                 Ok(Err(e)) => self.connect_failure(e),
-                Ok(Ok(mut ws)) => self.session(&mut ws).await,
+                Ok(Ok(mut ws)) => {
+                    let o = self.session(&mut ws).await;
+                    // Whatever the connection did not confirm is now beyond knowing.
+                    self.settle(self.written, Delivery::Unconfirmed);
+                    o
+                }
             };
             if outcome.reason == Reason::UserClose || outcome.fatal {
                 return self.finish(outcome);
@@ -775,7 +835,7 @@ impl Task {
         hb: &mut Heartbeat,
         now: Instant,
     ) -> Result<(), Outcome> {
-        let send_ping = match hb.poll(now) {
+        let send_ping = match hb.poll(now, self.written) {
             Tick::Idle => false,
             Tick::Ping => true,
             Tick::Missed { missed, ping } => {
@@ -839,7 +899,8 @@ impl Task {
             _ => false,
         };
         if is_pong {
-            if let Some(rtt) = hb.on_pong(now) {
+            let pong = hb.on_pong(now);
+            if let Some(rtt) = pong.rtt {
                 bump(&c.pongs_received, 1);
                 let us = rtt.as_micros().min(u64::MAX as u128) as u64;
                 c.rtt_last_us.store(us, Relaxed);
@@ -850,6 +911,9 @@ impl Task {
                     c.rtt_min_us.fetch_min(us, Relaxed);
                 }
                 self.emit(&Event::Heartbeat(HeartbeatEvent::Pong { rtt }));
+            }
+            if let Some(mark) = pong.mark {
+                self.settle(mark, Delivery::Confirmed);
             }
             if !*proved {
                 *proved = true;
@@ -868,7 +932,7 @@ impl Task {
             Message::Binary(b) => self.deliver(true, &b),
             Message::Ping(_) => {
                 // tungstenite queued the Pong; it goes out on the next read, which is immediate.
-                bump(&c.server_pings_answered, 1);
+                bump(&self.shared.counters.server_pings_answered, 1);
                 self.emit(&Event::Heartbeat(HeartbeatEvent::ServerPing {
                     protocol: true,
                 }));
@@ -966,6 +1030,7 @@ impl Task {
             let len = payload_len(&msg);
             match write(ws, msg.clone(), deadline).await {
                 Ok(()) => {
+                    self.written += 1;
                     self.shared.lock().queued_bytes -= len;
                     bump(&self.shared.counters.messages_sent, 1);
                     bump(&self.shared.counters.bytes_sent, len as u64);
@@ -1016,6 +1081,8 @@ impl Task {
             // Until the server's Close (or EOF); data arriving meanwhile is still delivered.
             while let Some(Ok(m)) = ws.next().await {
                 match m {
+                    // The server read our Close, so everything written before it.
+                    Message::Close(_) => self.settle(self.written, Delivery::Confirmed),
                     Message::Text(t)
                         if t.as_str() != self.cfg.ping_text && t.as_str() != self.cfg.pong_text =>
                     {
@@ -1047,6 +1114,8 @@ impl Task {
         }
         if !left.is_empty() {
             let count = left.len() as u64;
+            // Queued messages follow the written ones, in order.
+            self.settle(self.written + count, Delivery::Dropped);
             bump(&self.shared.counters.messages_dropped, count);
             self.log(
                 LogLevel::Warn,

@@ -11,6 +11,13 @@
 //! - `M×I + T` later without re-probing (pings keep the regular cadence).
 //!
 //! With the defaults (30 s, 10 s, 3, re-probe on) that is 60 s.
+//!
+//! # Delivery confirmation
+//! Each ping carries a *mark*: how many messages the connection had fully written when it went
+//! out. The peer reads a stream in order, so the pong that answers it proves every message up to
+//! the mark was read. Pongs answer pings in order: the n-th pong answers the n-th ping. A ping
+//! whose record was forgotten (too many outstanding, or cleared by [`Liveness::AnyInbound`])
+//! keeps its place in that order, so its pong confirms nothing rather than the wrong ping's mark.
 
 use std::time::Duration;
 use tokio::time::Instant;
@@ -42,19 +49,32 @@ pub struct Heartbeat {
     next_ping: Instant,
     /// The ping whose pong timeout is running (the latest one sent).
     outstanding: Option<Probe>,
-    /// Send times of every ping not yet answered, oldest first, the outstanding one included.
-    /// Pongs come back in order on one stream, so a late pong answers the oldest of these.
+    /// Send times and marks of every ping not yet answered, oldest first, the outstanding one
+    /// included. Pongs come back in order on one stream, so a late pong answers the oldest.
     unanswered: Ring,
+    /// Unanswered pings older than everything in `unanswered`, whose records were dropped: the
+    /// next pongs answer these first.
+    forgotten: u32,
     missed: u32,
 }
 
-/// A small FIFO of send times, kept inline (no allocation per connection). Past its capacity the
-/// oldest entry is forgotten; only the RTT attributed to a pong that late is then approximate.
+/// What a pong answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pong {
+    /// Round trip of the ping it answered, if that ping's send time is known.
+    pub rtt: Option<Duration>,
+    /// The answered ping's mark (messages written before it), if known.
+    pub mark: Option<u64>,
+}
+
+/// A small FIFO of (send time, mark), kept inline (no allocation per connection). Past its
+/// capacity the oldest entry is dropped; `push` says so, and the pong that answers it then
+/// reports neither a round trip nor a mark.
 #[derive(Clone, Debug)]
 struct Ring {
-    at: [Option<Instant>; 4],
-    head: usize,
-    len: usize,
+    at: [Option<(Instant, u64)>; 4],
+    head: u8,
+    len: u8,
 }
 
 impl Ring {
@@ -65,20 +85,23 @@ impl Ring {
             len: 0,
         }
     }
-    fn push(&mut self, t: Instant) {
+    /// Appends; true if the oldest entry had to be dropped to make room.
+    fn push(&mut self, t: Instant, mark: u64) -> bool {
         let cap = self.at.len();
-        if self.len == cap {
+        let full = usize::from(self.len) == cap;
+        if full {
             self.pop();
         }
-        self.at[(self.head + self.len) % cap] = Some(t);
+        self.at[(usize::from(self.head) + usize::from(self.len)) % cap] = Some((t, mark));
         self.len += 1;
+        full
     }
-    fn pop(&mut self) -> Option<Instant> {
+    fn pop(&mut self) -> Option<(Instant, u64)> {
         if self.len == 0 {
             return None;
         }
-        let t = self.at[self.head].take();
-        self.head = (self.head + 1) % self.at.len();
+        let t = self.at[usize::from(self.head)].take();
+        self.head = (self.head + 1) % self.at.len() as u8;
         self.len -= 1;
         t
     }
@@ -122,6 +145,7 @@ impl Heartbeat {
             next_ping: now + cfg.ping_interval,
             outstanding: None,
             unanswered: Ring::new(),
+            forgotten: 0,
             missed: 0,
         }
     }
@@ -155,8 +179,16 @@ impl Heartbeat {
         self.missed
     }
 
-    /// Advances the schedule to `now`.
-    pub fn poll(&mut self, now: Instant) -> Tick {
+    /// Records a ping sent at `now` after `mark` messages.
+    fn sent(&mut self, now: Instant, mark: u64) {
+        if self.unanswered.push(now, mark) {
+            self.forgotten = self.forgotten.saturating_add(1);
+        }
+    }
+
+    /// Advances the schedule to `now`. `mark` is the number of messages fully written so far:
+    /// a ping this asks for is sent after them (see the module's "Delivery confirmation").
+    pub fn poll(&mut self, now: Instant, mark: u64) -> Tick {
         if let Some(p) = self.outstanding {
             let deadline = p.due + self.timeout;
             if now < deadline {
@@ -172,7 +204,7 @@ impl Heartbeat {
             if self.reprobe {
                 let due = anchor(deadline, now);
                 self.outstanding = Some(Probe { due });
-                self.unanswered.push(now);
+                self.sent(now, mark);
                 self.next_ping = due + self.interval;
                 return Tick::Missed {
                     missed: self.missed,
@@ -189,7 +221,7 @@ impl Heartbeat {
         if now >= self.next_ping {
             let due = anchor(self.next_ping, now);
             self.outstanding = Some(Probe { due });
-            self.unanswered.push(now);
+            self.sent(now, mark);
             self.next_ping = due + self.interval;
             return Tick::Ping;
         }
@@ -197,17 +229,33 @@ impl Heartbeat {
     }
 
     /// A pong arrived. Any pong proves the link alive and clears the miss count. It answers the
-    /// oldest unanswered ping (pongs come back in order), whose round-trip time it returns; the
-    /// outstanding ping is answered only once every ping before it has been.
-    pub fn on_pong(&mut self, now: Instant) -> Option<Duration> {
+    /// oldest unanswered ping (pongs come back in order), whose round-trip time and mark it
+    /// returns; the outstanding ping is answered only once every ping before it has been.
+    pub fn on_pong(&mut self, now: Instant) -> Pong {
         self.missed = 0;
-        let sent = self.unanswered.pop()?;
+        if self.forgotten > 0 {
+            self.forgotten -= 1;
+            return Pong {
+                rtt: None,
+                mark: None,
+            };
+        }
+        let Some((sent, mark)) = self.unanswered.pop() else {
+            // Unsolicited: it answers nothing.
+            return Pong {
+                rtt: None,
+                mark: None,
+            };
+        };
         if self.unanswered.is_empty() {
             if let Some(p) = self.outstanding.take() {
                 self.next_ping = p.due + self.interval;
             }
         }
-        Some(now.saturating_duration_since(sent))
+        Pong {
+            rtt: Some(now.saturating_duration_since(sent)),
+            mark: Some(mark),
+        }
     }
 
     /// Some other frame arrived. Under [`Liveness::AnyInbound`] it answers the outstanding ping
@@ -216,6 +264,10 @@ impl Heartbeat {
         if self.any_inbound {
             self.missed = 0;
             self.outstanding = None;
+            // Their pongs may still come, first: they must not be taken for later pings'.
+            self.forgotten = self
+                .forgotten
+                .saturating_add(u32::from(self.unanswered.len));
             self.unanswered.clear();
         }
     }
@@ -241,7 +293,7 @@ mod tests {
         let mut ticks = Vec::new();
         for _ in 0..1000 {
             let now = hb.next_wakeup();
-            let tick = hb.poll(now);
+            let tick = hb.poll(now, 0);
             ticks.push(tick);
             if let Tick::Dead { .. } = tick {
                 return (now - t0, ticks);
@@ -289,9 +341,9 @@ mod tests {
         let mut last_pong = t0;
         for _ in 0..5 {
             let at = hb.next_wakeup();
-            assert_eq!(hb.poll(at), Tick::Ping);
+            assert_eq!(hb.poll(at, 0), Tick::Ping);
             last_pong = at + Duration::from_millis(5);
-            assert_eq!(hb.on_pong(last_pong), Some(Duration::from_millis(5)));
+            assert_eq!(hb.on_pong(last_pong).rtt, Some(Duration::from_millis(5)));
         }
         // Then silence. The next ping goes out one interval after the last one was *sent*.
         let sent_last = last_pong - Duration::from_millis(5);
@@ -309,7 +361,7 @@ mod tests {
             for _ in 0..10 {
                 assert_eq!(hb.dead_by(), predicted);
                 let now = hb.next_wakeup();
-                if let Tick::Dead { .. } = hb.poll(now) {
+                if let Tick::Dead { .. } = hb.poll(now, 0) {
                     assert_eq!(now, predicted, "reprobe={reprobe}");
                     break;
                 }
@@ -322,16 +374,16 @@ mod tests {
         let t0 = Instant::now();
         let mut hb = Heartbeat::new(&cfg(30, 10, 3, true), t0);
         let s = Duration::from_secs;
-        assert_eq!(hb.poll(t0 + s(30)), Tick::Ping);
+        assert_eq!(hb.poll(t0 + s(30), 0), Tick::Ping);
         assert_eq!(
-            hb.poll(t0 + s(40)),
+            hb.poll(t0 + s(40), 0),
             Tick::Missed {
                 missed: 1,
                 ping: true
             }
         );
         assert_eq!(
-            hb.poll(t0 + s(50)),
+            hb.poll(t0 + s(50), 0),
             Tick::Missed {
                 missed: 2,
                 ping: true
@@ -339,33 +391,33 @@ mod tests {
         );
         // The server answers all three pings late, in order, at 51 s: the first pong belongs
         // to the ping of 30 s, the last to the re-probe of 50 s.
-        assert_eq!(hb.on_pong(t0 + s(51)), Some(s(21)));
+        assert_eq!(hb.on_pong(t0 + s(51)).rtt, Some(s(21)));
         assert_eq!(hb.missed(), 0);
         assert_eq!(
             hb.next_wakeup(),
             t0 + s(60),
             "the re-probe of 50 s is still outstanding"
         );
-        assert_eq!(hb.on_pong(t0 + s(51)), Some(s(11)));
-        assert_eq!(hb.on_pong(t0 + s(51)), Some(s(1)));
+        assert_eq!(hb.on_pong(t0 + s(51)).rtt, Some(s(11)));
+        assert_eq!(hb.on_pong(t0 + s(51)).rtt, Some(s(1)));
         // Next ping one interval after the answered re-probe; three fresh misses needed now.
         assert_eq!(hb.next_wakeup(), t0 + s(80));
-        assert_eq!(hb.poll(t0 + s(80)), Tick::Ping);
+        assert_eq!(hb.poll(t0 + s(80), 0), Tick::Ping);
         assert_eq!(
-            hb.poll(t0 + s(90)),
+            hb.poll(t0 + s(90), 0),
             Tick::Missed {
                 missed: 1,
                 ping: true
             }
         );
         assert_eq!(
-            hb.poll(t0 + s(100)),
+            hb.poll(t0 + s(100), 0),
             Tick::Missed {
                 missed: 2,
                 ping: true
             }
         );
-        assert_eq!(hb.poll(t0 + s(110)), Tick::Dead { missed: 3 });
+        assert_eq!(hb.poll(t0 + s(110), 0), Tick::Dead { missed: 3 });
     }
 
     #[test]
@@ -373,9 +425,9 @@ mod tests {
         let t0 = Instant::now();
         let mut hb = Heartbeat::new(&cfg(30, 10, 3, false), t0);
         let s = Duration::from_secs;
-        assert_eq!(hb.poll(t0 + s(30)), Tick::Ping);
+        assert_eq!(hb.poll(t0 + s(30), 0), Tick::Ping);
         assert_eq!(
-            hb.poll(t0 + s(40)),
+            hb.poll(t0 + s(40), 0),
             Tick::Missed {
                 missed: 1,
                 ping: false
@@ -384,10 +436,10 @@ mod tests {
         assert_eq!(hb.next_wakeup(), t0 + s(60));
         // A pong arriving after its ping was counted missed: the link is alive, and the RTT is
         // that ping's real one.
-        assert_eq!(hb.on_pong(t0 + s(45)), Some(s(15)));
+        assert_eq!(hb.on_pong(t0 + s(45)).rtt, Some(s(15)));
         assert_eq!(hb.missed(), 0);
         assert_eq!(
-            hb.on_pong(t0 + s(46)),
+            hb.on_pong(t0 + s(46)).rtt,
             None,
             "an unsolicited pong answers nothing"
         );
@@ -402,7 +454,7 @@ mod tests {
         let mut dead_at = None;
         for _ in 0..10 {
             let now = hb.next_wakeup() + ms(1);
-            if let Tick::Dead { .. } = hb.poll(now) {
+            if let Tick::Dead { .. } = hb.poll(now, 0) {
                 dead_at = Some(now - t0);
                 break;
             }
@@ -412,9 +464,9 @@ mod tests {
         // peer still gets a whole pong timeout from when it was really sent.
         let mut hb = Heartbeat::new(&cfg(30, 10, 3, true), t0);
         let resumed = t0 + Duration::from_secs(600);
-        assert_eq!(hb.poll(resumed), Tick::Ping);
+        assert_eq!(hb.poll(resumed, 0), Tick::Ping);
         assert_eq!(hb.next_wakeup(), resumed + Duration::from_secs(10));
-        assert_eq!(hb.on_pong(resumed + ms(3)), Some(ms(3)));
+        assert_eq!(hb.on_pong(resumed + ms(3)).rtt, Some(ms(3)));
     }
 
     #[test]
@@ -425,44 +477,45 @@ mod tests {
         let t0 = Instant::now();
         let s = Duration::from_secs;
         let mut hb = Heartbeat::new(&cfg(30, 10, 3, true), t0);
-        assert_eq!(hb.poll(t0 + s(30)), Tick::Ping);
+        assert_eq!(hb.poll(t0 + s(30), 0), Tick::Ping);
         assert_eq!(
-            hb.poll(t0 + s(40)),
+            hb.poll(t0 + s(40), 0),
             Tick::Missed {
                 missed: 1,
                 ping: true
             }
         );
-        assert_eq!(hb.on_pong(t0 + s(45)), Some(s(15)));
+        assert_eq!(hb.on_pong(t0 + s(45)).rtt, Some(s(15)));
         assert_eq!(
-            hb.poll(t0 + s(50)),
+            hb.poll(t0 + s(50), 0),
             Tick::Missed {
                 missed: 1,
                 ping: true
             }
         );
         assert_eq!(
-            hb.poll(t0 + s(60)),
+            hb.poll(t0 + s(60), 0),
             Tick::Missed {
                 missed: 2,
                 ping: true
             }
         );
-        assert_eq!(hb.poll(t0 + s(70)), Tick::Dead { missed: 3 });
+        assert_eq!(hb.poll(t0 + s(70), 0), Tick::Dead { missed: 3 });
     }
 
     #[test]
     fn ring_keeps_the_newest_send_times() {
         let t0 = Instant::now();
         let mut r = Ring::new();
-        for i in 0..6 {
-            r.push(t0 + Duration::from_secs(i));
-        }
+        let dropped: Vec<bool> = (0..6)
+            .map(|i| r.push(t0 + Duration::from_secs(i), i))
+            .collect();
+        assert_eq!(dropped, [false, false, false, false, true, true]);
         let got: Vec<_> = std::iter::from_fn(|| r.pop()).collect();
         assert_eq!(
             got,
             (2..6)
-                .map(|i| t0 + Duration::from_secs(i))
+                .map(|i| (t0 + Duration::from_secs(i), i))
                 .collect::<Vec<_>>()
         );
     }
@@ -471,9 +524,9 @@ mod tests {
     fn nothing_happens_before_the_interval() {
         let t0 = Instant::now();
         let mut hb = Heartbeat::new(&cfg(30, 10, 3, true), t0);
-        assert_eq!(hb.poll(t0 + Duration::from_millis(29_999)), Tick::Idle);
-        assert_eq!(hb.poll(t0 + Duration::from_secs(30)), Tick::Ping);
-        assert_eq!(hb.poll(t0 + Duration::from_millis(39_999)), Tick::Idle);
+        assert_eq!(hb.poll(t0 + Duration::from_millis(29_999), 0), Tick::Idle);
+        assert_eq!(hb.poll(t0 + Duration::from_secs(30), 0), Tick::Ping);
+        assert_eq!(hb.poll(t0 + Duration::from_millis(39_999), 0), Tick::Idle);
     }
 
     #[test]
@@ -483,9 +536,9 @@ mod tests {
         let mut c = cfg(30, 10, 3, true);
         c.liveness = Liveness::AnyInbound;
         let mut hb = Heartbeat::new(&c, t0);
-        assert_eq!(hb.poll(t0 + s(30)), Tick::Ping);
+        assert_eq!(hb.poll(t0 + s(30), 0), Tick::Ping);
         assert_eq!(
-            hb.poll(t0 + s(40)),
+            hb.poll(t0 + s(40), 0),
             Tick::Missed {
                 missed: 1,
                 ping: true
@@ -494,16 +547,16 @@ mod tests {
         hb.on_inbound(t0 + s(41)); // a data frame, not a pong
         assert_eq!(hb.missed(), 0);
         assert_eq!(
-            hb.poll(t0 + s(50)),
+            hb.poll(t0 + s(50), 0),
             Tick::Idle,
             "inbound frame answered the re-probe"
         );
         // Under the default policy the same frame changes nothing.
         let mut hb = Heartbeat::new(&cfg(30, 10, 3, true), t0);
-        assert_eq!(hb.poll(t0 + s(30)), Tick::Ping);
+        assert_eq!(hb.poll(t0 + s(30), 0), Tick::Ping);
         hb.on_inbound(t0 + s(31));
         assert_eq!(
-            hb.poll(t0 + s(40)),
+            hb.poll(t0 + s(40), 0),
             Tick::Missed {
                 missed: 1,
                 ping: true
@@ -517,17 +570,17 @@ mod tests {
         let s = Duration::from_secs;
         let mut on = Heartbeat::new(&cfg(30, 10, 5, true), t0);
         let mut off = Heartbeat::new(&cfg(30, 10, 5, false), t0);
-        assert_eq!(on.poll(t0 + s(30)), Tick::Ping);
-        assert_eq!(off.poll(t0 + s(30)), Tick::Ping);
+        assert_eq!(on.poll(t0 + s(30), 0), Tick::Ping);
+        assert_eq!(off.poll(t0 + s(30), 0), Tick::Ping);
         assert_eq!(
-            on.poll(t0 + s(40)),
+            on.poll(t0 + s(40), 0),
             Tick::Missed {
                 missed: 1,
                 ping: true
             }
         );
         assert_eq!(
-            off.poll(t0 + s(40)),
+            off.poll(t0 + s(40), 0),
             Tick::Missed {
                 missed: 1,
                 ping: false
@@ -543,5 +596,62 @@ mod tests {
         let mut hb = Heartbeat::new(&cfg(1, 1, 1, true), t0);
         let (dead_at, _) = run_silent(&mut hb, t0);
         assert_eq!(dead_at, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_pong_confirms_what_was_written_before_its_ping() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut hb = Heartbeat::new(&cfg(30, 10, 3, true), t0);
+        assert_eq!(hb.poll(t0 + s(30), 7), Tick::Ping);
+        assert_eq!(
+            hb.on_pong(t0 + s(31)),
+            Pong {
+                rtt: Some(s(1)),
+                mark: Some(7)
+            }
+        );
+        // Unsolicited: confirms nothing.
+        assert_eq!(hb.on_pong(t0 + s(32)).mark, None);
+        // A miss, then the late pong and the re-probe's: each confirms its own ping's mark.
+        assert_eq!(hb.poll(t0 + s(61), 9), Tick::Ping);
+        assert!(matches!(hb.poll(t0 + s(71), 12), Tick::Missed { .. }));
+        assert_eq!(hb.on_pong(t0 + s(72)).mark, Some(9));
+        assert_eq!(hb.on_pong(t0 + s(73)).mark, Some(12));
+    }
+
+    #[test]
+    fn a_forgotten_ping_confirms_nothing_and_keeps_the_order() {
+        // Eight misses allowed, re-probing: six pings outstanding, the ring holds four.
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut hb = Heartbeat::new(&cfg(30, 10, 8, true), t0);
+        assert_eq!(hb.poll(t0 + s(30), 1), Tick::Ping);
+        for (i, mark) in (2..=6).enumerate() {
+            let at = t0 + s(40 + 10 * i as u64);
+            assert!(matches!(hb.poll(at, mark), Tick::Missed { ping: true, .. }));
+        }
+        let marks: Vec<Option<u64>> = (0..7).map(|_| hb.on_pong(t0 + s(95)).mark).collect();
+        // Pings 1 and 2 were forgotten: their pongs confirm nothing, and ping 3's pong is not
+        // taken for ping 1's (no mark is ever credited to an earlier ping's pong).
+        assert_eq!(
+            marks,
+            [None, None, Some(3), Some(4), Some(5), Some(6), None]
+        );
+    }
+
+    #[test]
+    fn pings_cleared_by_other_traffic_still_own_their_pongs() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut c = cfg(30, 10, 3, true);
+        c.liveness = Liveness::AnyInbound;
+        let mut hb = Heartbeat::new(&c, t0);
+        assert_eq!(hb.poll(t0 + s(30), 4), Tick::Ping);
+        hb.on_inbound(t0 + s(31)); // answers the ping as far as liveness goes
+        assert_eq!(hb.poll(t0 + s(60), 8), Tick::Ping);
+        // The first pong is the first ping's, whose record is gone: no mark, not 8.
+        assert_eq!(hb.on_pong(t0 + s(61)).mark, None);
+        assert_eq!(hb.on_pong(t0 + s(61)).mark, Some(8));
     }
 }

@@ -13,7 +13,8 @@ pub mod heartbeat;
 pub mod runtime;
 
 pub use client::{
-    Client, Event, EventSink, HeartbeatEvent, Reason, SendError, State, StateChange, Stats,
+    Client, Delivery, Event, EventSink, HeartbeatEvent, Reason, SendError, State, StateChange,
+    Stats,
 };
 pub use config::Config;
 

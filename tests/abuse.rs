@@ -15,7 +15,8 @@
 //! `user_data` handed over successfully, before `hb_close` returned, never during one of its own
 //! callbacks, and never for one refused with an error; and the ledger of every client whose
 //! link never broke: messages accepted (`HB_OK`) == messages the server got from it + messages
-//! reported through `on_dropped`.
+//! reported through `on_dropped`; and for every client with callbacks, each accepted message
+//! reported through `on_delivery` exactly once, in id order, drops agreeing with `on_dropped`.
 //!
 //! Environment: `HBWS_ABUSE_SEED` (base seed), `HBWS_ABUSE_SEQUENCES` (count, default 10000),
 //! `HBWS_ABUSE_SEQ_SEED` (run just that sequence seed, as printed by a failure). Threads make
@@ -248,6 +249,9 @@ struct Cl {
     hello_ok: AtomicBool,
     accepted: AtomicU64,
     dropped: AtomicU64,
+    /// The next id a delivery report must start at, and ids reported dropped that way.
+    next_report: AtomicU64,
+    delivery_dropped: AtomicU64,
     broken: AtomicBool,
     close_returned: AtomicBool,
     in_cb: AtomicBool,
@@ -401,6 +405,30 @@ unsafe extern "C" fn cb_dropped(ud: *mut c_void, count: u64, _bytes: u64, reason
     leave(u);
 }
 
+unsafe extern "C" fn cb_delivery(ud: *mut c_void, first: u64, count: u64, outcome: i32) {
+    let u = enter(ud);
+    let next = u.cl.next_report.load(SeqCst);
+    if first != next || count == 0 {
+        u.seq.violation(format!(
+            "client {}: delivery report {first}+{count}, expected to start at {next}",
+            u.cl.id
+        ));
+    }
+    u.cl.next_report.store(first + count, SeqCst);
+    match outcome {
+        o if o == hb_delivery::HB_DELIVERY_DROPPED as i32 => {
+            u.cl.delivery_dropped.fetch_add(count, SeqCst);
+        }
+        o if o == hb_delivery::HB_DELIVERY_CONFIRMED as i32
+            || o == hb_delivery::HB_DELIVERY_UNCONFIRMED as i32 => {}
+        o => u
+            .seq
+            .violation(format!("client {}: delivery outcome {o}", u.cl.id)),
+    }
+    act(u);
+    leave(u);
+}
+
 unsafe extern "C" fn cb_log(ud: *mut c_void, level: i32, msg: *const c_char, len: usize) {
     let u = enter(ud);
     let m = CStr::from_ptr(msg);
@@ -437,8 +465,8 @@ unsafe extern "C" fn cb_release(ud: *mut c_void) {
     }
 }
 
-/// Callbacks with some of the optional ones left NULL (never `on_state`, `on_dropped` and
-/// `release`, which the checks need).
+/// Callbacks with some of the optional ones left NULL (never `on_state`, `on_dropped`,
+/// `on_delivery` and `release`, which the checks need).
 fn callbacks(variant: u64) -> hb_callbacks {
     hb_callbacks {
         size: size_of::<hb_callbacks>(),
@@ -448,6 +476,7 @@ fn callbacks(variant: u64) -> hb_callbacks {
         on_dropped: Some(cb_dropped),
         on_log: (variant & 4 == 0).then_some(cb_log as _),
         release: Some(cb_release),
+        on_delivery: Some(cb_delivery),
     }
 }
 
@@ -606,24 +635,26 @@ fn send_binary_payload(
     st
 }
 
-/// `hb_get_stats` with a good (`bad == 0`) or bad declared size; the buffer must be untouched on
-/// error and past `sizeof(hb_stats)` on success.
+/// `hb_get_stats` with a good (`bad == 0`), older (`bad == 4`) or bad declared size; the buffer
+/// must be untouched on error, and past the declared size (or `sizeof(hb_stats)`) on success.
 fn stats_op(seq: &Seq, h: *mut hb_client, known: bool, bad: u64) {
     const N: usize = size_of::<hb_stats>() / 8 + 8;
     const PATTERN: u64 = 0xA5A5_5A5A_C3C3_3C3C;
     let mut buf = [PATTERN; N];
     let good = size_of::<hb_stats>();
+    let oldest = std::mem::offset_of!(hb_stats, messages_confirmed);
     let size = match bad {
         0 => good,
         1 => 0,
-        2 => good - 1,
+        2 => oldest - 1,
         3 => 8,
+        4 => oldest,
         _ => good + 64,
     };
     buf[0] = size as u64;
     let before = buf;
     let st = hb_get_stats(h, buf.as_mut_ptr().cast::<hb_stats>());
-    let too_small = size < good;
+    let too_small = size < oldest;
     let allowed: &[hb_status] = if h.is_null() {
         &[HB_ERR_NULL, HB_ERR_INVALID_ARGUMENT]
     } else if too_small {
@@ -640,9 +671,13 @@ fn stats_op(seq: &Seq, h: *mut hb_client, known: bool, bad: u64) {
         if !(0..=5).contains(&s.state) {
             seq.violation(format!("stats state {}", s.state));
         }
-        let words = good.div_ceil(8);
-        if buf[words..] != before[words..] {
-            seq.violation("hb_get_stats wrote past sizeof(hb_stats)".into());
+        let filled = size.min(good);
+        if s.size != filled {
+            seq.violation(format!("stats size {} for a declared {size}", s.size));
+        }
+        let bytes = |b: &[u64; N]| -> Vec<u8> { b.iter().flat_map(|w| w.to_ne_bytes()).collect() };
+        if bytes(&buf)[filled..] != bytes(&before)[filled..] {
+            seq.violation(format!("hb_get_stats wrote past the declared size {size}"));
         }
     } else if buf != before {
         seq.violation(format!("hb_get_stats wrote its output on error {st:?}"));
@@ -1096,7 +1131,7 @@ fn bad_connect(seq: &Arc<Seq>, rng: &mut Rng, scratch: &Cfg) {
             &[HB_ERR_INVALID_UTF8]
         }
         5 | 6 => {
-            cb.size = rng.pick(&[0, 1, size_of::<hb_callbacks>() - 1]);
+            cb.size = rng.pick(&[0, 1, std::mem::offset_of!(hb_callbacks, on_delivery) - 1]);
             &[HB_ERR_INVALID_ARGUMENT]
         }
         7 => {
@@ -1207,6 +1242,8 @@ fn new_client(seq: &Arc<Seq>, rng: &mut Rng, kind: Kind, callbacks_at_connect: b
         hello_ok: AtomicBool::new(false),
         accepted: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
+        next_report: AtomicU64::new(1),
+        delivery_dropped: AtomicU64::new(0),
         broken: AtomicBool::new(false),
         close_returned: AtomicBool::new(false),
         in_cb: AtomicBool::new(false),
@@ -1281,7 +1318,7 @@ fn set_callbacks_op(seq: &Arc<Seq>, rng: &mut Rng, t: Target) {
     let st = match bad {
         0 => hb_set_callbacks(t.ptr(), std::ptr::null(), Arc::as_ptr(&ud) as *mut c_void),
         1 => {
-            cb.size = rng.pick(&[0, 8, size_of::<hb_callbacks>() - 1]);
+            cb.size = rng.pick(&[0, 8, std::mem::offset_of!(hb_callbacks, on_delivery) - 1]);
             hb_set_callbacks(t.ptr(), &cb, Arc::as_ptr(&ud) as *mut c_void)
         }
         _ => hb_set_callbacks(t.ptr(), &cb, Arc::as_ptr(&ud) as *mut c_void),
@@ -1571,6 +1608,16 @@ fn run_sequence(env: &'static Env, seed: u64) -> Outcome {
                 c.id, c.kind
             ));
             continue;
+        }
+        // Every accepted message was reported by id, exactly once; dropped ones both ways.
+        let reported = c.next_report.load(SeqCst) - 1;
+        let delivery_dropped = c.delivery_dropped.load(SeqCst);
+        if reported != accepted || delivery_dropped != dropped {
+            seq.violation(format!(
+                "client {} ({:?}): accepted {accepted}, delivery reports cover {reported} \
+                 ({delivery_dropped} dropped; on_dropped said {dropped})",
+                c.id, c.kind
+            ));
         }
         let expect = accepted - dropped;
         match c.kind {

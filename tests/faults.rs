@@ -4,11 +4,13 @@
 //! hostile server written here.
 //!
 //! Each test checks the state sequence, the typed reason, the time to detection, recovery once the
-//! fault clears, and the message ledger: every message the client accepted is either received by
-//! the server or reported dropped, never both, never neither. Where a link dies abruptly (RST,
-//! black hole, server killed under traffic), bytes already handed to the kernel cannot be known to
-//! have arrived (README, "Nothing accepted is dropped silently"): there the ledger allows exactly
-//! those messages to be missing, and prints how many were.
+//! fault clears, and the message ledger. Every accepted message gets exactly one delivery report,
+//! by id, in order: *confirmed* ones were all received, *dropped* ones never were, and every
+//! message the server did not receive was reported dropped or *unconfirmed* (written to a link
+//! that died before a pong vouched for it: README, "Nothing accepted is lost silently"). So no
+//! message is ever both received and dropped, or neither received nor reported. Where a link dies
+//! abruptly (RST, black hole, server killed under traffic), the test also checks that the missing
+//! messages are the ones written around the fault, and prints how many there were.
 //!
 //! Tests whose server can live on the test's own runtime run on tokio's paused clock and check
 //! detection times exactly; the others use real time, short intervals, and the documented bound
@@ -23,7 +25,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use hbws::{Client, Config, Event, EventSink, HeartbeatEvent, Reason, State, StateChange};
+use hbws::{
+    Client, Config, Delivery, Event, EventSink, HeartbeatEvent, Reason, State, StateChange,
+};
 use hbws_server::{Server, ServerConfig, ServerEvent};
 use proxy::{Kill, Mode, Proxy};
 use tokio::io::AsyncWriteExt;
@@ -47,7 +51,15 @@ enum Ev {
     ServerPing(bool),
     Missed(u32),
     Message(Vec<u8>),
-    Dropped { count: u64, reason: Reason },
+    Dropped {
+        count: u64,
+        reason: Reason,
+    },
+    Delivery {
+        first: u64,
+        count: u64,
+        outcome: Delivery,
+    },
 }
 
 #[derive(Default)]
@@ -72,6 +84,15 @@ impl EventSink for Sink {
             Event::Dropped { count, reason, .. } => Ev::Dropped {
                 count: *count,
                 reason: *reason,
+            },
+            Event::Delivery {
+                first,
+                count,
+                outcome,
+            } => Ev::Delivery {
+                first: *first,
+                count: *count,
+                outcome: *outcome,
             },
             Event::Log { .. } => return,
         };
@@ -219,16 +240,23 @@ struct Ledger {
     accepted: Vec<(String, &'static str)>,
 }
 
-/// The balance of a ledger against what the server received and the client reported dropped.
+/// The balance of a ledger against what the server received and the client reported.
 #[derive(Debug)]
 struct Balance {
     accepted: usize,
     received: usize,
+    /// Reported through `Dropped` (counts).
     dropped: u64,
     duplicates: Vec<String>,
     unknown: Vec<String>,
     /// Accepted, not received, per phase.
     missing: HashMap<&'static str, Vec<String>>,
+    /// Delivery reports, per accepted message (index = id - 1), `None` if never reported.
+    reports: Vec<Option<Delivery>>,
+    /// Report ranges that were out of order, overlapping, or beyond what was accepted.
+    bad_reports: Vec<(u64, u64)>,
+    /// Accepted message ids the server received.
+    received_ids: HashSet<usize>,
 }
 
 impl Balance {
@@ -240,41 +268,63 @@ impl Balance {
         self.missing.get(phase).map_or(0, Vec::len)
     }
 
-    /// Every accepted message received or reported dropped, never both, never neither.
-    fn assert_strict(&self) {
+    /// The exact ledger (module docs): one report per accepted message, in order; confirmed
+    /// ones received, dropped ones not, every missing one reported dropped or unconfirmed.
+    /// Returns how many were reported unconfirmed, and how many of those the server never got.
+    fn assert_strict(&self) -> (usize, usize) {
         assert!(self.duplicates.is_empty(), "received twice: {self:?}");
         assert!(
             self.unknown.is_empty(),
             "received, never accepted: {self:?}"
+        );
+        assert!(
+            self.bad_reports.is_empty(),
+            "delivery reports out of order or overlapping: {:?}",
+            self.bad_reports
+        );
+        let (mut unconfirmed, mut lost, mut dropped) = (0, 0, 0);
+        for (i, r) in self.reports.iter().enumerate() {
+            let id = i + 1;
+            let got = self.received_ids.contains(&id);
+            match r {
+                None => panic!("message {id} never reported (received: {got}): {self:?}"),
+                Some(Delivery::Confirmed) => {
+                    assert!(got, "message {id} confirmed, never received: {self:?}")
+                }
+                Some(Delivery::Dropped) => {
+                    assert!(
+                        !got,
+                        "message {id} reported dropped, and received: {self:?}"
+                    );
+                    dropped += 1;
+                }
+                Some(Delivery::Unconfirmed) => {
+                    unconfirmed += 1;
+                    lost += usize::from(!got);
+                }
+            }
+        }
+        assert_eq!(
+            dropped, self.dropped,
+            "Dropped counts vs dropped ids: {self:?}"
         );
         assert_eq!(
             self.missing_total() as u64,
-            self.dropped,
-            "accepted = received + reported dropped must hold: {self:?}"
+            self.dropped + lost as u64,
+            "missing = dropped + unconfirmed-and-missing: {self:?}"
         );
+        (unconfirmed, lost)
     }
 
-    /// As strict, except that messages of the `abrupt` phases (written to a link that then died
-    /// abruptly) may be missing without a drop report: the documented limit. A dropped message is
-    /// never also received (drops never exceed what is missing); what is missing and unreported
-    /// fits inside the abrupt phases. Returns how many messages that is.
+    /// As strict, and the messages missing without a drop (unconfirmed, lost) all belong to the
+    /// `abrupt` phases: written to a link that then died abruptly. Returns how many there were.
     fn assert_strict_except(&self, abrupt: &[&str]) -> usize {
-        assert!(self.duplicates.is_empty(), "received twice: {self:?}");
-        assert!(
-            self.unknown.is_empty(),
-            "received, never accepted: {self:?}"
-        );
-        let missing = self.missing_total() as u64;
-        assert!(
-            self.dropped <= missing,
-            "more reported dropped than missing: some were received and dropped: {self:?}"
-        );
-        let lost = (missing - self.dropped) as usize;
+        let (_, lost) = self.assert_strict();
         let window: usize = abrupt.iter().map(|p| self.missing_in(p)).sum();
         assert!(
             lost <= window,
-            "{lost} accepted messages neither received nor reported dropped, only {window} of them \
-             written to a link that died abruptly ({abrupt:?}): {self:?}"
+            "{lost} unconfirmed messages lost, only {window} of them written to a link that died \
+             abruptly ({abrupt:?}): {self:?}"
         );
         lost
     }
@@ -299,7 +349,9 @@ impl Ledger {
             .collect()
     }
 
-    fn balance(&self, received: &[String], dropped: u64) -> Balance {
+    /// Balances the books against what the server received and the client's event log.
+    fn balance(&self, received: &[String], log: &[Ev]) -> Balance {
+        let dropped = dropped(log);
         let known: HashMap<&str, &'static str> = self
             .accepted
             .iter()
@@ -316,9 +368,34 @@ impl Ledger {
             }
         }
         let mut missing: HashMap<&'static str, Vec<String>> = HashMap::new();
-        for (id, p) in &self.accepted {
-            if !seen.contains(id.as_str()) {
+        let mut received_ids = HashSet::new();
+        for (i, (id, p)) in self.accepted.iter().enumerate() {
+            if seen.contains(id.as_str()) {
+                received_ids.insert(i + 1);
+            } else {
                 missing.entry(p).or_default().push(id.clone());
+            }
+        }
+        // The n-th accepted message has id n; reports must come in order, without gaps.
+        let mut reports = vec![None; self.accepted.len()];
+        let mut bad_reports = Vec::new();
+        let mut next = 1;
+        for e in log {
+            if let Ev::Delivery {
+                first,
+                count,
+                outcome,
+            } = *e
+            {
+                let end = first + count;
+                if first != next || count == 0 || end - 1 > self.accepted.len() as u64 {
+                    bad_reports.push((first, count));
+                    continue;
+                }
+                for id in first..end {
+                    reports[id as usize - 1] = Some(outcome);
+                }
+                next = end;
             }
         }
         Balance {
@@ -328,6 +405,9 @@ impl Ledger {
             duplicates,
             unknown,
             missing,
+            reports,
+            bad_reports,
+            received_ids,
         }
     }
 }
@@ -544,10 +624,10 @@ fn fault_silent_server() {
             (State::Closed, Reason::UserClose),
         ]
     );
-    let b = ledger.balance(&srv.received_texts(), dropped(&log));
+    let b = ledger.balance(&srv.received_texts(), &log);
     let lost = b.assert_strict_except(&["onset"]);
     eprintln!(
-        "silent server ledger: accepted {}, received {}, dropped {}, lost in the hung link {lost} of 5",
+        "silent server ledger: accepted {}, received {}, dropped {}, lost in the hung link {lost} of 5 (reported unconfirmed)",
         b.accepted, b.received, b.dropped
     );
 }
@@ -641,10 +721,10 @@ async fn fault_blackhole() {
             (State::Closed, Reason::UserClose),
         ]
     );
-    let b = ledger.balance(&mini.texts(), dropped(&log));
+    let b = ledger.balance(&mini.texts(), &log);
     let lost = b.assert_strict_except(&["onset"]);
     eprintln!(
-        "blackhole ledger: accepted {}, received {}, dropped {}, lost in the black hole {lost} of 5 (written to the kernel, never reported)",
+        "blackhole ledger: accepted {}, received {}, dropped {}, lost in the black hole {lost} of 5 (reported unconfirmed)",
         b.accepted, b.received, b.dropped
     );
 }
@@ -701,10 +781,10 @@ fn fault_rst() {
     );
     assert!(seq.contains(&(State::Reconnecting, Reason::ConnectError)));
     assert_eq!(seq.last(), Some(&(State::Closed, Reason::UserClose)));
-    let b = ledger.balance(&srv.received_texts(), dropped(&log));
+    let b = ledger.balance(&srv.received_texts(), &log);
     let lost = b.assert_strict_except(&["onset"]);
     eprintln!(
-        "rst ledger: accepted {}, received {}, dropped {}, lost to the reset {lost} of 200 (written to the kernel, never reported)",
+        "rst ledger: accepted {}, received {}, dropped {}, lost to the reset {lost} of 200 (reported unconfirmed)",
         b.accepted, b.received, b.dropped
     );
 }
@@ -757,7 +837,7 @@ fn fault_fin() {
         ]
     );
     assert_eq!(seq.last(), Some(&(State::Closed, Reason::UserClose)));
-    let b = ledger.balance(&srv.received_texts(), dropped(&log));
+    let b = ledger.balance(&srv.received_texts(), &log);
     b.assert_strict();
     // In order, too.
     let order: Vec<String> = ledger.ids(&["before", "offline", "after"]);
@@ -844,7 +924,7 @@ fn fault_delay_under_timeout() {
     c.close(true);
     wait_received(&srv, &ledger.ids(&["delayed"]));
     ledger
-        .balance(&srv.received_texts(), dropped(&rec.events()))
+        .balance(&srv.received_texts(), &rec.events())
         .assert_strict();
 }
 
@@ -901,7 +981,7 @@ async fn fault_handshake_hang() {
         .await;
     mini.wait_received(&ledger.ids(&["offline", "after"])).await;
     let log = rec.events();
-    ledger.balance(&mini.texts(), dropped(&log)).assert_strict();
+    ledger.balance(&mini.texts(), &log).assert_strict();
     assert_eq!(
         collapsed(&log),
         [
@@ -950,7 +1030,7 @@ fn fault_401() {
     assert_eq!(c.stats().connect_attempts, 1);
     c.close(true);
     assert!(rec.released.load(Ordering::SeqCst));
-    let b = ledger.balance(&srv.received_texts(), dropped(&rec.events()));
+    let b = ledger.balance(&srv.received_texts(), &rec.events());
     b.assert_strict();
     assert_eq!((b.received, b.dropped), (0, 5));
 }
@@ -998,9 +1078,7 @@ fn fault_503_retry_after() {
     c.close(true);
     wait_received(&srv, &ledger.ids(&["queued"]));
     let log = rec.events();
-    ledger
-        .balance(&srv.received_texts(), dropped(&log))
-        .assert_strict();
+    ledger.balance(&srv.received_texts(), &log).assert_strict();
     assert_eq!(
         states(&log),
         [
@@ -1087,7 +1165,7 @@ fn fault_restart() {
     wait_server_quiet(&srv);
     let received = srv.received_texts();
     let log = rec.events();
-    let b = ledger.balance(&received, dropped(&log));
+    let b = ledger.balance(&received, &log);
     let lost = b.assert_strict_except(&["live"]);
     // In order: ids strictly increasing in arrival order.
     let nums: Vec<u64> = received
@@ -1096,7 +1174,7 @@ fn fault_restart() {
         .collect();
     assert!(nums.windows(2).all(|w| w[0] < w[1]), "reordered");
     eprintln!(
-        "restart ledger: accepted {} ({} live, {} while down, {} after), refused {}, received {}, dropped {}, lost in the dying connection {lost}",
+        "restart ledger: accepted {} ({} live, {} while down, {} after), refused {}, received {}, dropped {}, lost in the dying connection {lost} (reported unconfirmed)",
         b.accepted,
         ledger.ids(&["live"]).len(),
         ledger.ids(&["down"]).len(),
@@ -1160,9 +1238,7 @@ fn fault_oversize() {
     c.close(true);
     wait_received(&srv, &ledger.ids(&["before", "after"]));
     let log = rec.events();
-    ledger
-        .balance(&srv.received_texts(), dropped(&log))
-        .assert_strict();
+    ledger.balance(&srv.received_texts(), &log).assert_strict();
     assert_eq!(
         states(&log),
         [
@@ -1254,7 +1330,7 @@ fn fault_ping_flood() {
     );
     c.close(true);
     ledger
-        .balance(&srv.received_texts(), dropped(&rec.events()))
+        .balance(&srv.received_texts(), &rec.events())
         .assert_strict();
 }
 
@@ -1347,7 +1423,7 @@ fn fault_dns() {
         states(&log).last(),
         Some(&(State::Closed, Reason::UserClose))
     );
-    let b = ledger.balance(&[], dropped(&log));
+    let b = ledger.balance(&[], &log);
     b.assert_strict();
     assert_eq!(b.dropped, 1);
 }
@@ -1448,10 +1524,10 @@ async fn fault_blackhole_close() {
         stats.messages_sent + d,
         "every accepted message written or reported dropped"
     );
-    let b = ledger.balance(&mini.texts(), d);
+    let b = ledger.balance(&mini.texts(), &log);
     let lost = b.assert_strict_except(&["onset"]);
     eprintln!(
-        "close under black hole ledger: received {}, lost {lost} (written to the kernel of the black-holed link)",
+        "close under black hole ledger: received {}, lost {lost} (written to the kernel of the black-holed link, reported unconfirmed)",
         b.received
     );
     assert_eq!(lost as u64, stats.messages_sent - 10);

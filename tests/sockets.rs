@@ -786,3 +786,167 @@ fn max_attempts_closes_the_client() {
     assert_eq!(c.stats().connect_attempts, 3);
     c.close();
 }
+
+/// The (first, count, outcome) delivery reports in a log.
+fn deliveries(log: &[Rec]) -> Vec<(u64, u64, i32)> {
+    log.iter()
+        .filter_map(|r| match r {
+            Rec::Delivery {
+                first,
+                count,
+                outcome,
+            } => Some((*first, *count, *outcome)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Ids reported with `outcome`, checking that reports come in order without gaps or overlaps.
+fn reported(log: &[Rec], outcome: hb_delivery) -> u64 {
+    let mut next = 1;
+    let mut n = 0;
+    for (first, count, o) in deliveries(log) {
+        assert_eq!(
+            first,
+            next,
+            "reports in order, no gap: {:?}",
+            deliveries(log)
+        );
+        assert!(count > 0);
+        next = first + count;
+        if o == outcome as i32 {
+            n += count;
+        }
+    }
+    n
+}
+
+#[test]
+fn pongs_and_the_close_handshake_confirm_delivery_by_id() {
+    let srv = server(None);
+    let cfg = Cfg::fast(200, 200, 5);
+    let c = TestClient::connect(&srv.url(), Some(&cfg));
+    c.wait_open(1);
+    for i in 1..=50 {
+        assert_eq!(c.send_text(&format!("m{i}")), HB_OK);
+    }
+    // The next ping goes out after them; its pong vouches for all 50.
+    let log = c.rec.wait_for("50 confirmed", WAIT, |l| {
+        reported(l, hb_delivery::HB_DELIVERY_CONFIRMED) >= 50
+    });
+    assert_eq!(reported(&log, hb_delivery::HB_DELIVERY_CONFIRMED), 50);
+    let s = c.stats();
+    assert_eq!((s.messages_confirmed, s.messages_unconfirmed), (50, 0));
+    let texts = srv.received_texts();
+    assert_eq!(texts.len(), 50);
+    // Sent and closed at once: the server's answer to our Close confirms them.
+    for i in 51..=55 {
+        assert_eq!(c.send_text(&format!("m{i}")), HB_OK);
+    }
+    c.close();
+    let log = c.rec.events();
+    assert_eq!(reported(&log, hb_delivery::HB_DELIVERY_CONFIRMED), 55);
+    let last = deliveries(&log).last().copied();
+    assert_eq!(
+        last.map(|(f, n, o)| (f + n - 1, o)),
+        Some((55, hb_delivery::HB_DELIVERY_CONFIRMED as i32))
+    );
+    assert_eq!(srv.received_texts().len(), 55);
+}
+
+#[test]
+fn messages_written_into_a_dying_link_are_reported_unconfirmed() {
+    // The server stops answering, so no pong vouches for anything written after the last one;
+    // the verdict reports those as unconfirmed, by id, before RECONNECTING.
+    let srv = server(None);
+    let cfg = Cfg::fast(100, 100, 2);
+    let c = TestClient::connect(&srv.url(), Some(&cfg));
+    c.wait_open(1);
+    c.rec.wait_for("a pong", WAIT, |l| {
+        l.iter()
+            .any(|r| matches!(r, Rec::Heartbeat { kind, .. } if *kind == HB_HEARTBEAT_PONG as i32))
+    });
+    srv.set_silent(true);
+    for i in 1..=20 {
+        assert_eq!(c.send_text(&format!("m{i}")), HB_OK);
+    }
+    let log = c.rec.wait_for("reconnecting", WAIT, |l| {
+        count_state(l, HB_STATE_RECONNECTING) >= 1
+    });
+    // A silent server still reads: the messages arrived, but nothing said so.
+    assert_eq!(reported(&log, hb_delivery::HB_DELIVERY_UNCONFIRMED), 20);
+    let at = log
+        .iter()
+        .position(|r| matches!(r, Rec::Delivery { .. }))
+        .unwrap();
+    let reconnecting = log
+        .iter()
+        .position(
+            |r| matches!(r, Rec::State { state, .. } if *state == HB_STATE_RECONNECTING as i32),
+        )
+        .unwrap();
+    assert!(at < reconnecting, "reported before RECONNECTING");
+    assert_eq!(c.stats().messages_unconfirmed, 20);
+    c.close();
+}
+
+#[test]
+fn callbacks_and_stats_structs_from_an_older_header_are_accepted() {
+    let srv = server(None);
+    let rec = Recorder::new();
+    let url = std::ffi::CString::new(srv.url()).unwrap();
+    let mut cb = callbacks();
+    let mut h = std::ptr::null_mut();
+    // One byte short of the struct as it was before `on_delivery`: refused.
+    cb.size = std::mem::offset_of!(hb_callbacks, on_delivery) - 1;
+    let ud = Arc::into_raw(rec.clone()) as *mut std::ffi::c_void;
+    let s = hb_connect(
+        url.as_ptr(),
+        std::ptr::null(),
+        &cb,
+        ud,
+        &mut h,
+        std::ptr::null_mut(),
+        0,
+    );
+    assert_eq!(s, HB_ERR_INVALID_ARGUMENT);
+    // The older struct: accepted, and the field it does not have is taken as NULL (the
+    // callback after `release` in memory is never read).
+    cb.size = std::mem::offset_of!(hb_callbacks, on_delivery);
+    let s = hb_connect(
+        url.as_ptr(),
+        std::ptr::null(),
+        &cb,
+        ud,
+        &mut h,
+        std::ptr::null_mut(),
+        0,
+    );
+    assert_eq!(s, HB_OK);
+    let c = TestClient { h, rec };
+    c.wait_open(1);
+    assert_eq!(c.send_text("x"), HB_OK);
+    // The older stats struct: its fields are filled, nothing past its size is written.
+    let mut buf = [0xA5u8; std::mem::size_of::<hb_stats>()];
+    let old = std::mem::offset_of!(hb_stats, messages_confirmed);
+    buf[..std::mem::size_of::<usize>()].copy_from_slice(&old.to_ne_bytes());
+    assert_eq!(hb_get_stats(c.h, buf.as_mut_ptr().cast()), HB_OK);
+    assert!(
+        buf[old..].iter().all(|&b| b == 0xA5),
+        "wrote past the caller's size"
+    );
+    let stats: hb_stats = unsafe { buf.as_ptr().cast::<hb_stats>().read_unaligned() };
+    assert_eq!(stats.size, old);
+    assert_eq!(stats.state, HB_STATE_OPEN as i32);
+    let mut short = hb_stats {
+        size: old - 1,
+        ..Default::default()
+    };
+    assert_eq!(hb_get_stats(c.h, &mut short), HB_ERR_INVALID_ARGUMENT);
+    c.close();
+    assert!(!c
+        .rec
+        .events()
+        .iter()
+        .any(|r| matches!(r, Rec::Delivery { .. })));
+}

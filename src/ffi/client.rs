@@ -6,7 +6,8 @@ use std::sync::Arc;
 use super::hb_status::{self, *};
 use super::{bytes, cstr, guard, handle, hb_config, put, text, write_message};
 use crate::client::{
-    Client, CreateError, Event, EventSink, HeartbeatEvent, Reason, SendError, State, Stats,
+    Client, CreateError, Delivery, Event, EventSink, HeartbeatEvent, Reason, SendError, State,
+    Stats,
 };
 use crate::config::Config;
 use crate::connect::UrlError;
@@ -78,6 +79,19 @@ pub enum hb_heartbeat_kind {
     HB_HEARTBEAT_MISSED = 4,
 }
 
+/// What became of accepted messages (`hb_delivery_cb`).
+#[repr(i32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum hb_delivery {
+    /// The server has read them: it answered a heartbeat ping written after them (or our close).
+    HB_DELIVERY_CONFIRMED = 1,
+    /// Written to a connection that then ended before anything confirmed them: they may or may
+    /// not have reached the server. hbws does not send them again.
+    HB_DELIVERY_UNCONFIRMED = 2,
+    /// Never written: the client ended with them queued (also reported by `on_dropped`).
+    HB_DELIVERY_DROPPED = 3,
+}
+
 /// A state change. Pointers in it are valid only during the callback.
 #[repr(C)]
 pub struct hb_state_event {
@@ -129,10 +143,19 @@ pub type hb_dropped_cb =
 pub type hb_log_cb = Option<
     unsafe extern "C" fn(user_data: *mut c_void, level: i32, message: *const c_char, len: usize),
 >;
+/// What became of the accepted messages with ids `first_id` to `first_id + count - 1`;
+/// `outcome` is an `hb_delivery`. The n-th message `hb_send_*` accepts (returns `HB_OK`) on a
+/// client has id n, counting from 1. Every id is reported exactly once, in increasing order:
+/// confirmed about once per heartbeat interval, unconfirmed when a connection ends, dropped
+/// when the client ends.
+pub type hb_delivery_cb =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, first_id: u64, count: u64, outcome: i32)>;
 /// Called exactly once with the `user_data`, after the last callback that received it.
 pub type hb_release_cb = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
 
 /// The callbacks of one client. Set `size` to `sizeof(hb_callbacks)`; any callback may be NULL.
+/// Fields are only ever added at the end: a caller compiled against an older header passes its
+/// smaller `size` and the fields it does not have are NULL.
 ///
 /// Callbacks run on the library's runtime thread, one at a time per client, never while the
 /// library holds a lock. Any `hb_*` call is allowed inside them, `hb_close` included. They must
@@ -151,9 +174,15 @@ pub struct hb_callbacks {
     /// Releases `user_data`; runs exactly once, after the last callback (also when these
     /// callbacks are replaced by `hb_set_callbacks`).
     pub release: hb_release_cb,
+    /// Added after `release`: a caller that sets a `size` ending at `release` gets NULL here.
+    pub on_delivery: hb_delivery_cb,
 }
 
-/// A snapshot of a client's counters. Set `size` to `sizeof(hb_stats)` before the call.
+/// The smallest `hb_callbacks.size` accepted: the struct up to `release`.
+const CALLBACKS_V1_SIZE: usize = std::mem::offset_of!(hb_callbacks, on_delivery);
+
+/// A snapshot of a client's counters. Set `size` to `sizeof(hb_stats)` before the call. Fields
+/// are only ever added at the end; a caller with an older, smaller struct gets its fields only.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 pub struct hb_stats {
@@ -185,7 +214,13 @@ pub struct hb_stats {
     pub rtt_last_us: u64,
     pub rtt_min_us: u64,
     pub rtt_mean_us: u64,
+    /// Accepted messages reported `HB_DELIVERY_CONFIRMED` / `HB_DELIVERY_UNCONFIRMED`.
+    pub messages_confirmed: u64,
+    pub messages_unconfirmed: u64,
 }
+
+/// The smallest `hb_stats.size` accepted: the struct up to `rtt_mean_us`.
+const STATS_V1_SIZE: usize = std::mem::offset_of!(hb_stats, messages_confirmed);
 
 struct UserData(*mut c_void);
 // SAFETY: the host hands user_data to us to pass back on our thread; making that legal for its
@@ -294,6 +329,20 @@ impl EventSink for CSink {
                     unsafe { f(ud, *count, *bytes, reason_code(*reason)) };
                 }
             }
+            Event::Delivery {
+                first,
+                count,
+                outcome,
+            } => {
+                if let Some(f) = self.cb.on_delivery {
+                    let outcome = match outcome {
+                        Delivery::Confirmed => hb_delivery::HB_DELIVERY_CONFIRMED,
+                        Delivery::Unconfirmed => hb_delivery::HB_DELIVERY_UNCONFIRMED,
+                        Delivery::Dropped => hb_delivery::HB_DELIVERY_DROPPED,
+                    };
+                    unsafe { f(ud, *first, *count, outcome as i32) };
+                }
+            }
             Event::Log { level, message } => {
                 if let Some(f) = self.cb.on_log {
                     let m = c_string(message);
@@ -320,11 +369,31 @@ fn read_callbacks(cb: *const hb_callbacks) -> Result<hb_callbacks, hb_status> {
     }
     // SAFETY: non-NULL; the first field is the caller's declared size.
     let size = unsafe { cb.cast::<usize>().read_unaligned() };
-    if size < std::mem::size_of::<hb_callbacks>() {
+    if size < CALLBACKS_V1_SIZE {
         return Err(HB_ERR_INVALID_ARGUMENT);
     }
-    // SAFETY: the caller declared at least our size.
-    Ok(unsafe { cb.read_unaligned() })
+    let mut out = hb_callbacks {
+        size: std::mem::size_of::<hb_callbacks>(),
+        on_state: None,
+        on_message: None,
+        on_heartbeat: None,
+        on_dropped: None,
+        on_log: None,
+        release: None,
+        on_delivery: None,
+    };
+    // Whole fields only (all are pointer-sized): a size that ends inside a field leaves that
+    // field NULL rather than half a function pointer.
+    let field = std::mem::size_of::<usize>();
+    let n = size.min(std::mem::size_of::<hb_callbacks>()) / field * field;
+    // SAFETY: the caller declared `size` readable bytes; we copy no more than that, no more than
+    // our struct holds, and whole fields only; every field is a size or a nullable function
+    // pointer, so caller-written fields over NULLs make a valid value.
+    unsafe {
+        std::ptr::copy_nonoverlapping(cb.cast::<u8>(), (&raw mut out).cast::<u8>(), n);
+    }
+    out.size = std::mem::size_of::<hb_callbacks>();
+    Ok(out)
 }
 
 fn sink(cb: hb_callbacks, user_data: *mut c_void) -> CSink {
@@ -383,7 +452,12 @@ pub extern "C" fn hb_connect(
         } else {
             match read_callbacks(callbacks) {
                 Ok(cb) => Some(cb),
-                Err(s) => return fail(s, "callbacks->size is smaller than sizeof(hb_callbacks)"),
+                Err(s) => {
+                    return fail(
+                        s,
+                        "callbacks->size is too small: set it to sizeof(hb_callbacks)",
+                    )
+                }
             }
         };
         let client = match Client::connect(url, cfg, None) {
@@ -525,14 +599,15 @@ pub extern "C" fn hb_get_stats(client: *const hb_client, out: *mut hb_stats) -> 
         }
         // SAFETY: non-NULL; the first field is the caller's declared size.
         let size = unsafe { out.cast::<usize>().read_unaligned() };
-        if size < std::mem::size_of::<hb_stats>() {
+        if size < STATS_V1_SIZE {
             return Err(HB_ERR_INVALID_ARGUMENT);
         }
+        let n = size.min(std::mem::size_of::<hb_stats>());
         let c = handle::get(client as usize)?;
         let s: Stats = c.stats();
         let us = |d: std::time::Duration| d.as_micros().min(u64::MAX as u128) as u64;
         let stats = hb_stats {
-            size: std::mem::size_of::<hb_stats>(),
+            size: n,
             state: s.state.map_or(0, state_code),
             messages_sent: s.messages_sent,
             bytes_sent: s.bytes_sent,
@@ -550,7 +625,14 @@ pub extern "C" fn hb_get_stats(client: *const hb_client, out: *mut hb_stats) -> 
             rtt_last_us: us(s.rtt_last),
             rtt_min_us: us(s.rtt_min),
             rtt_mean_us: us(s.rtt_mean),
+            messages_confirmed: s.messages_confirmed,
+            messages_unconfirmed: s.messages_unconfirmed,
         };
-        put(out, stats)
+        // SAFETY: `out` is non-NULL and the caller declared `size` >= n writable bytes; the
+        // caller's struct is a prefix of ours.
+        unsafe {
+            std::ptr::copy_nonoverlapping((&raw const stats).cast::<u8>(), out.cast::<u8>(), n);
+        }
+        Ok(())
     })
 }

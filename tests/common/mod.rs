@@ -42,6 +42,11 @@ pub enum Rec {
         level: i32,
         message: String,
     },
+    Delivery {
+        first: u64,
+        count: u64,
+        outcome: i32,
+    },
 }
 
 /// What a client's callbacks saw. Passed as `user_data` (an `Arc` turned into a raw pointer and
@@ -186,6 +191,14 @@ unsafe extern "C" fn on_dropped(ud: *mut c_void, count: u64, bytes: u64, reason:
     });
 }
 
+unsafe extern "C" fn on_delivery(ud: *mut c_void, first: u64, count: u64, outcome: i32) {
+    rec(ud).push(Rec::Delivery {
+        first,
+        count,
+        outcome,
+    });
+}
+
 unsafe extern "C" fn on_log(ud: *mut c_void, level: i32, msg: *const c_char, len: usize) {
     let m = CStr::from_ptr(msg).to_str().unwrap().to_owned();
     assert_eq!(m.len(), len);
@@ -207,6 +220,7 @@ pub fn callbacks() -> hb_callbacks {
         on_dropped: Some(on_dropped),
         on_log: Some(on_log),
         release: Some(release),
+        on_delivery: Some(on_delivery),
     }
 }
 

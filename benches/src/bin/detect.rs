@@ -73,6 +73,7 @@ fn client(cfg: *const hb_config, url: &str) -> (*mut hb_client, Arc<Shared>) {
         on_dropped: None,
         on_log: None,
         release: Some(release),
+        on_delivery: None,
     };
     let shared = Arc::new(Shared { obs: Mutex::default(), cv: Condvar::new() });
     let url = CString::new(url).unwrap();

@@ -77,6 +77,7 @@ fn run_hbws(url: &str, k: u64) {
         on_dropped: None,
         on_log: None,
         release: None,
+        on_delivery: None,
     };
     let curl = CString::new(url).unwrap();
     let mut h = std::ptr::null_mut();

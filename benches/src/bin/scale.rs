@@ -187,6 +187,7 @@ fn hbws_clients(url: &str, n: u64, interval: u64) {
         on_dropped: None,
         on_log: None,
         release: None,
+        on_delivery: None,
     };
     let curl = CString::new(url).unwrap();
     for i in 0..n {

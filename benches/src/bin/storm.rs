@@ -61,6 +61,7 @@ fn main() {
         on_dropped: None,
         on_log: None,
         release: None,
+        on_delivery: None,
     };
     let url = CString::new(srv.url()).unwrap();
     for i in 0..n {
