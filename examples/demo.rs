@@ -25,6 +25,9 @@
 //!    comes back, the client is OPEN again, the queued message goes out and is echoed;
 //! 5. the counters from `hb_get_stats`, then `hb_close`: CLOSING, CLOSED, and `release`.
 //!
+//! Along the way `on_delivery` reports each message by id: confirmed once the pong of a later
+//! ping (or the server's answer to our Close) proves the server read it.
+//!
 //! The client's log level is WARN here (`client | log: [WARN] ...` lines: misses, lost
 //! connections); at INFO each RECONNECTING event would be repeated by a log line.
 //!
@@ -323,6 +326,22 @@ unsafe extern "C" fn on_dropped(ud: *mut c_void, count: u64, bytes: u64, reason:
     d.push(Ev::Dropped);
 }
 
+unsafe extern "C" fn on_delivery(_ud: *mut c_void, first: u64, count: u64, outcome: i32) {
+    let what = match outcome {
+        o if o == hb_delivery::HB_DELIVERY_CONFIRMED as i32 => "confirmed: the server has read",
+        o if o == hb_delivery::HB_DELIVERY_UNCONFIRMED as i32 => {
+            "UNCONFIRMED: written to a dead link, may be lost:"
+        }
+        _ => "DROPPED: never sent:",
+    };
+    let ids = if count == 1 {
+        format!("message #{first}")
+    } else {
+        format!("messages #{first}..#{}", first + count - 1)
+    };
+    say("client", format!("delivery {what} {ids}"));
+}
+
 unsafe extern "C" fn on_log(_ud: *mut c_void, level: i32, msg: *const c_char, _len: usize) {
     let level = match level {
         1 => "ERROR",
@@ -356,7 +375,7 @@ fn callbacks() -> hb_callbacks {
         on_dropped: Some(on_dropped),
         on_log: Some(on_log),
         release: Some(release),
-        on_delivery: None,
+        on_delivery: Some(on_delivery),
     }
 }
 

@@ -221,6 +221,28 @@ typedef int32_t hb_log_level;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
+// What became of accepted messages (`hb_delivery_cb`).
+enum hb_delivery
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // The server has read them: it answered a heartbeat ping written after them (or our close).
+  HB_DELIVERY_CONFIRMED = 1,
+  // Written to a connection that then ended before anything confirmed them: they may or may
+  // not have reached the server. hbws does not send them again.
+  HB_DELIVERY_UNCONFIRMED = 2,
+  // Never written: the client ended with them queued (also reported by `on_dropped`).
+  HB_DELIVERY_DROPPED = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum hb_delivery hb_delivery;
+#else
+typedef int32_t hb_delivery;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
 // An open client. Opaque: C holds `hb_client *` handles that are checked on every call, so a
 // handle used after `hb_close` is an error status, not undefined behaviour.
 typedef struct hb_client hb_client;

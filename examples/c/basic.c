@@ -5,7 +5,8 @@
  *      -Ltarget/release -lhbws -Wl,-rpath,$PWD/target/release -o basic
  *   ./basic ws://127.0.0.1:9001/
  *
- * Exit status: 0 when the echo came back and the close was clean, 1 otherwise.
+ * Exit status: 0 when the echo came back, the server confirmed our message and the close was
+ * clean; 1 otherwise.
  */
 #define _POSIX_C_SOURCE 200809L /* nanosleep */
 #include <stdatomic.h>
@@ -20,6 +21,7 @@ struct app {
     atomic_int echoed;    /* our message came back */
     atomic_int closed;    /* CLOSED seen */
     atomic_int released;  /* release ran */
+    atomic_int confirmed; /* messages the server confirmed reading */
 };
 
 static void on_state(void *user_data, const hb_state_event *ev) {
@@ -54,6 +56,16 @@ static void on_dropped(void *user_data, uint64_t count, uint64_t bytes, int32_t 
            (unsigned long long)bytes, hb_reason_str(reason));
 }
 
+static void on_delivery(void *user_data, uint64_t first_id, uint64_t count, int32_t outcome) {
+    struct app *app = user_data;
+    const char *what = outcome == HB_DELIVERY_CONFIRMED     ? "confirmed"
+                       : outcome == HB_DELIVERY_UNCONFIRMED ? "unconfirmed (may be lost)"
+                                                            : "dropped";
+    printf("delivery: messages %llu..%llu %s\n", (unsigned long long)first_id,
+           (unsigned long long)(first_id + count - 1), what);
+    if (outcome == HB_DELIVERY_CONFIRMED) atomic_fetch_add(&app->confirmed, (int)count);
+}
+
 static void on_log(void *user_data, int32_t level, const char *message, size_t len) {
     (void)user_data;
     (void)len;
@@ -82,6 +94,7 @@ int main(int argc, char **argv) {
     atomic_init(&app.echoed, 0);
     atomic_init(&app.closed, 0);
     atomic_init(&app.released, 0);
+    atomic_init(&app.confirmed, 0);
     printf("hbws %s (header %s)\n", hb_version(), HB_VERSION);
 
     hb_config *config = NULL;
@@ -100,6 +113,7 @@ int main(int argc, char **argv) {
     cb.on_dropped = on_dropped;
     cb.on_log = on_log;
     cb.release = release;
+    cb.on_delivery = on_delivery;
 
     char err[256];
     hb_client *client = NULL;
@@ -138,7 +152,11 @@ int main(int argc, char **argv) {
     st = hb_close(client); /* blocks until the close handshake is done and release ran */
     if (st != HB_OK) return 1;
     if (hb_close(client) != HB_ERR_INVALID_HANDLE) return 1; /* double close is an error */
-    printf("closed=%d released=%d echoed=%d\n", atomic_load(&app.closed), atomic_load(&app.released),
-           echoed);
-    return (echoed && atomic_load(&app.closed) && atomic_load(&app.released)) ? 0 : 1;
+    printf("closed=%d released=%d echoed=%d confirmed=%d\n", atomic_load(&app.closed),
+           atomic_load(&app.released), echoed, atomic_load(&app.confirmed));
+    /* Message 1 was confirmed by a pong, or at the latest by the server's answer to our Close. */
+    return (echoed && atomic_load(&app.confirmed) == 1 && atomic_load(&app.closed) &&
+            atomic_load(&app.released))
+               ? 0
+               : 1;
 }
