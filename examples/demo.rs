@@ -26,7 +26,7 @@
 //! 5. the counters from `hb_get_stats`, then `hb_close`: CLOSING, CLOSED, and `release`.
 //!
 //! Along the way `on_delivery` reports each message by id: confirmed once the pong of a later
-//! ping (or the server's answer to our Close) proves the server read it.
+//! ping (or of the one `hb_close` sends before its Close) proves the server read it.
 //!
 //! The client's log level is WARN here (`client | log: [WARN] ...` lines: misses, lost
 //! connections); at INFO each RECONNECTING event would be repeated by a log line.

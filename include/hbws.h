@@ -227,7 +227,8 @@ enum hb_delivery
   : int32_t
 #endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
  {
-  // The server has read them: it answered a heartbeat ping written after them (or our close).
+  // The server has read them: it answered a ping written after them (a heartbeat ping, the
+  // host's own text `ping`, or the one `hb_close` sends before its Close frame).
   HB_DELIVERY_CONFIRMED = 1,
   // Written to a connection that then ended before anything confirmed them: they may or may
   // not have reached the server. hbws does not send them again.

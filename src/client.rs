@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 use crate::backoff::{Decision, Reconnect};
 use crate::config::{Config, HeartbeatMode, LogLevel};
 use crate::connect::{self, ConnectError, Socket, Target, UrlError};
-use crate::heartbeat::{Heartbeat, Tick};
+use crate::heartbeat::{Heartbeat, Pong, Tick};
 use crate::runtime::{self, RuntimeError};
 
 /// Connection state as the host sees it.
@@ -123,7 +123,8 @@ pub enum Event<'a> {
 /// What became of a range of accepted messages ([`Event::Delivery`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Delivery {
-    /// The server has read them: it answered a ping written after them (or our close).
+    /// The server has read them: it answered a ping written after them (a heartbeat probe, the
+    /// host's own text `ping`, or the one `close` sends before its Close frame).
     Confirmed,
     /// Written to a connection that then ended before anything confirmed them: they may or may
     /// not have reached the server. They are not sent again.
@@ -783,7 +784,7 @@ impl Task {
                 msg = ws.next() => {
                     let r = match msg {
                         Some(Ok(m)) => self.inbound(ws, &mut hb, &mut proved, m).await,
-                        Some(Err(e)) => Err(Box::pin(self.read_error(ws, e)).await),
+                        Some(Err(e)) => Err(Box::pin(self.read_error(ws, &mut hb, e)).await),
                         None => Err(Outcome::new(Reason::ConnectionLost, "connection closed by the server (EOF)")),
                     };
                     if let Err(o) = r {
@@ -805,9 +806,10 @@ impl Task {
                     self.swap_sink();
                     if self.close_requested() {
                         // Boxed: a rare path that should not size every idle task.
-                        return Box::pin(self.close_handshake(ws)).await;
+                        return Box::pin(self.close_handshake(ws, &mut hb)).await;
                     }
-                    if let Err(o) = self.flush_queue(ws, hb.dead_by()).await {
+                    let deadline = hb.dead_by();
+                    if let Err(o) = self.flush_queue(ws, &mut hb, deadline).await {
                         return self.lost(o);
                     }
                 }
@@ -861,10 +863,7 @@ impl Task {
         if send_ping {
             bump(&self.shared.counters.pings_sent, 1);
             // Built per ping (a small allocation every interval) rather than kept in every task.
-            let ping = match self.cfg.heartbeat_mode {
-                HeartbeatMode::Text => Message::Text(Utf8Bytes::from(self.cfg.ping_text.clone())),
-                HeartbeatMode::Protocol => Message::Ping(Bytes::new()),
-            };
+            let ping = self.ping_message(hb.last_ping());
             write(ws, ping, hb.dead_by()).await?;
         }
         Ok(())
@@ -879,7 +878,7 @@ impl Task {
     ) -> Result<(), Outcome> {
         let now = Instant::now();
         let c = &self.shared.counters;
-        let is_pong = match &msg {
+        let pong = match &msg {
             Message::Text(t) if t.as_str() == self.cfg.ping_text => {
                 // Answer at once, ahead of anything queued.
                 let pong = Message::Text(Utf8Bytes::from(self.cfg.pong_text.clone()));
@@ -894,12 +893,9 @@ impl Task {
                 }
                 return Ok(());
             }
-            Message::Text(t) => t.as_str() == self.cfg.pong_text,
-            Message::Pong(_) => self.cfg.heartbeat_mode == HeartbeatMode::Protocol,
-            _ => false,
+            _ => self.as_pong(hb, now, &msg),
         };
-        if is_pong {
-            let pong = hb.on_pong(now);
+        if let Some(pong) = pong {
             if let Some(rtt) = pong.rtt {
                 bump(&c.pongs_received, 1);
                 let us = rtt.as_micros().min(u64::MAX as u128) as u64;
@@ -964,7 +960,7 @@ impl Task {
     }
 
     /// Maps a read error to an outcome, telling the server why where the protocol says so.
-    async fn read_error(&mut self, ws: &mut Socket, e: WsError) -> Outcome {
+    async fn read_error(&mut self, ws: &mut Socket, hb: &mut Heartbeat, e: WsError) -> Outcome {
         let (reason, code, detail) = match &e {
             WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => (
                 Reason::MessageTooBig,
@@ -997,7 +993,7 @@ impl Task {
             // What the host already handed us goes out before our Close (a reply to the message
             // just before the bad frame, say), bounded like a close handshake.
             let deadline = Instant::now() + self.cfg.close_timeout;
-            self.flush_all(ws, deadline).await;
+            self.flush_all(ws, hb, deadline).await;
             let frame = CloseFrame {
                 code,
                 reason: Utf8Bytes::from_static(""),
@@ -1010,14 +1006,20 @@ impl Task {
         }
     }
 
-    /// Writes up to a batch of queued messages, in order. A message whose write fails goes back
-    /// to the front of the queue, to be sent on the next connection.
+    /// Writes up to a batch of queued messages, in order. A message leaves the queue only once
+    /// it is fully written, so a write that fails (or is cancelled by a timeout around this) leaves
+    /// it at the front, to be sent whole on the next connection.
     /// Writes that cannot finish by `deadline` end the connection (see [`write`]).
-    async fn flush_queue(&mut self, ws: &mut Socket, deadline: Instant) -> Result<(), Outcome> {
+    async fn flush_queue(
+        &mut self,
+        ws: &mut Socket,
+        hb: &mut Heartbeat,
+        deadline: Instant,
+    ) -> Result<(), Outcome> {
         for _ in 0..FLUSH_BATCH {
             let next = {
                 let mut g = self.shared.lock();
-                let next = g.queue.pop_front();
+                let next = g.queue.front().cloned();
                 if next.is_none() && g.queue.capacity() > QUEUE_KEEP {
                     // Drained after a burst or an outage: give the high-water mark back.
                     g.queue = VecDeque::new();
@@ -1028,19 +1030,21 @@ impl Task {
                 return Ok(());
             };
             let len = payload_len(&msg);
-            match write(ws, msg.clone(), deadline).await {
-                Ok(()) => {
-                    self.written += 1;
-                    self.shared.lock().queued_bytes -= len;
-                    bump(&self.shared.counters.messages_sent, 1);
-                    bump(&self.shared.counters.bytes_sent, len as u64);
-                }
-                Err(o) => {
-                    // Not fully written: it goes out again, whole, on the next connection.
-                    self.shared.lock().queue.push_front(msg);
-                    return Err(o);
-                }
+            // The host's own text `ping` is answered by the server like ours (Text mode).
+            let host_ping = self.cfg.heartbeat_mode == HeartbeatMode::Text
+                && matches!(&msg, Message::Text(t) if t.as_str() == self.cfg.ping_text);
+            write(ws, msg, deadline).await?;
+            self.written += 1;
+            if host_ping {
+                hb.extra_ping(Instant::now(), self.written);
             }
+            {
+                let mut g = self.shared.lock();
+                g.queue.pop_front();
+                g.queued_bytes -= len;
+            }
+            bump(&self.shared.counters.messages_sent, 1);
+            bump(&self.shared.counters.bytes_sent, len as u64);
         }
         // More left: come back after a turn of reading and ticking.
         self.shared.wake.notify_one();
@@ -1049,17 +1053,18 @@ impl Task {
 
     /// Writes the whole queue, each write bounded by `deadline`. False if a write failed (what
     /// was not written stays queued).
-    async fn flush_all(&mut self, ws: &mut Socket, deadline: Instant) -> bool {
+    async fn flush_all(&mut self, ws: &mut Socket, hb: &mut Heartbeat, deadline: Instant) -> bool {
         while !self.shared.lock().queue.is_empty() {
-            if self.flush_queue(ws, deadline).await.is_err() {
+            if self.flush_queue(ws, hb, deadline).await.is_err() {
                 return false;
             }
         }
         true
     }
 
-    /// The host closed: flush, close handshake, bounded by `close_timeout`.
-    async fn close_handshake(&mut self, ws: &mut Socket) -> Outcome {
+    /// The host closed: flush, learn what the server has read, close handshake, all bounded by
+    /// `close_timeout`.
+    async fn close_handshake(&mut self, ws: &mut Socket, hb: &mut Heartbeat) -> Outcome {
         self.simple_state(
             State::Closing,
             Reason::UserClose,
@@ -1068,8 +1073,22 @@ impl Task {
         );
         let deadline = Instant::now() + self.cfg.close_timeout;
         let _ = tokio::time::timeout_at(deadline, async {
-            if !self.flush_all(ws, deadline).await {
+            if !self.flush_all(ws, hb, deadline).await {
                 return;
+            }
+            // A ping after the last message: its pong confirms everything written. (The server's
+            // Close cannot: one it sent on its own may cross ours, after it stopped reading.)
+            if self.written > self.settled {
+                let n = hb.extra_ping(Instant::now(), self.written);
+                if write(ws, self.ping_message(n), deadline).await.is_err() {
+                    return;
+                }
+                while self.settled < self.written {
+                    match ws.next().await {
+                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                        Some(Ok(m)) => self.while_closing(hb, m),
+                    }
+                }
             }
             let frame = CloseFrame {
                 code: CloseCode::Normal,
@@ -1080,21 +1099,48 @@ impl Task {
             }
             // Until the server's Close (or EOF); data arriving meanwhile is still delivered.
             while let Some(Ok(m)) = ws.next().await {
-                match m {
-                    // The server read our Close, so everything written before it.
-                    Message::Close(_) => self.settle(self.written, Delivery::Confirmed),
-                    Message::Text(t)
-                        if t.as_str() != self.cfg.ping_text && t.as_str() != self.cfg.pong_text =>
-                    {
-                        self.deliver(false, t.as_bytes())
-                    }
-                    Message::Binary(b) => self.deliver(true, &b),
-                    _ => {}
-                }
+                self.while_closing(hb, m);
             }
         })
         .await;
         Outcome::new(Reason::UserClose, "closed by the host")
+    }
+
+    /// A message read while closing: a pong confirms what it answers; data is delivered.
+    fn while_closing(&mut self, hb: &mut Heartbeat, m: Message) {
+        if let Some(pong) = self.as_pong(hb, Instant::now(), &m) {
+            if let Some(mark) = pong.mark {
+                self.settle(mark, Delivery::Confirmed);
+            }
+            return;
+        }
+        match m {
+            Message::Text(t) if t.as_str() != self.cfg.ping_text => {
+                self.deliver(false, t.as_bytes())
+            }
+            Message::Binary(b) => self.deliver(true, &b),
+            _ => {}
+        }
+    }
+
+    /// A heartbeat ping: the configured text, or a Ping frame carrying ping number `n`.
+    fn ping_message(&self, n: u64) -> Message {
+        match self.cfg.heartbeat_mode {
+            HeartbeatMode::Text => Message::Text(Utf8Bytes::from(self.cfg.ping_text.clone())),
+            HeartbeatMode::Protocol => Message::Ping(Bytes::copy_from_slice(&n.to_be_bytes())),
+        }
+    }
+
+    /// If `m` answers our pings (a text pong in Text mode, a Pong frame echoing one of our ping
+    /// numbers in Protocol mode), records it and says what it answered.
+    fn as_pong(&self, hb: &mut Heartbeat, now: Instant, m: &Message) -> Option<Pong> {
+        match (self.cfg.heartbeat_mode, m) {
+            (HeartbeatMode::Text, Message::Text(t)) if t.as_str() == self.cfg.pong_text => {
+                Some(hb.on_pong(now))
+            }
+            (HeartbeatMode::Protocol, Message::Pong(p)) => hb.on_protocol_pong(now, p),
+            _ => None,
+        }
     }
 
     /// Ends the client: refuse further sends, report what will never be written, CLOSED.
@@ -1144,14 +1190,32 @@ impl Task {
 impl Drop for Task {
     fn drop(&mut self) {
         // Also reached if the task is torn down early (runtime gone, a bug panicked): the client
-        // must still end, refuse sends, release its sink exactly once, and wake a waiting close.
-        let pending = {
+        // must still end, refuse sends, report every message it accepted, release its sink
+        // exactly once, and wake a waiting close. (After `finish` nothing is left to report.)
+        let (left, bytes, pending) = {
             let mut g = self.shared.lock();
             g.finished = true;
             g.state = State::Closed;
-            g.pending_sink.take()
+            let left = std::mem::take(&mut g.queue).len() as u64;
+            (
+                left,
+                std::mem::take(&mut g.queued_bytes),
+                g.pending_sink.take(),
+            )
         };
-        drop(pending);
+        if let Some(p) = pending {
+            self.sink = Some(p);
+        }
+        self.settle(self.written, Delivery::Unconfirmed);
+        if left > 0 {
+            bump(&self.shared.counters.messages_dropped, left);
+            self.settle(self.written + left, Delivery::Dropped);
+            self.emit(&Event::Dropped {
+                count: left,
+                bytes: bytes as u64,
+                reason: Reason::None,
+            });
+        }
         drop(self.sink.take());
         *self.shared.done.lock().unwrap_or_else(|p| p.into_inner()) = true;
         self.shared.done_cv.notify_all();

@@ -15,9 +15,13 @@
 //! # Delivery confirmation
 //! Each ping carries a *mark*: how many messages the connection had fully written when it went
 //! out. The peer reads a stream in order, so the pong that answers it proves every message up to
-//! the mark was read. Pongs answer pings in order: the n-th pong answers the n-th ping. A ping
-//! whose record was forgotten (too many outstanding, or cleared by [`Liveness::AnyInbound`])
-//! keeps its place in that order, so its pong confirms nothing rather than the wrong ping's mark.
+//! the mark was read. Pings are numbered per connection. A protocol Ping carries its number as
+//! its payload and is answered only by a Pong echoing it (a peer may answer just the latest of
+//! several: RFC 6455 5.5.3); unsolicited Pongs answer nothing. Text pongs carry nothing, so the
+//! n-th text pong answers the n-th text ping, counting the host's own `ping` texts too (the
+//! server answers those as well). A ping whose record was forgotten (too many outstanding, or
+//! cleared by [`Liveness::AnyInbound`]) keeps its place in that order, so its pong confirms
+//! nothing rather than the wrong ping's mark.
 
 use std::time::Duration;
 use tokio::time::Instant;
@@ -55,8 +59,14 @@ pub struct Heartbeat {
     /// Unanswered pings older than everything in `unanswered`, whose records were dropped: the
     /// next pongs answer these first.
     forgotten: u32,
+    /// Pings sent on this connection (the last one's number), and how many have been answered.
+    sent_n: u64,
+    answered_n: u64,
     missed: u32,
 }
+
+/// Marks a ring entry as one of our heartbeat probes (marks never come near 2^63).
+const PROBE: u64 = 1 << 63;
 
 /// What a pong answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +75,8 @@ pub struct Pong {
     pub rtt: Option<Duration>,
     /// The answered ping's mark (messages written before it), if known.
     pub mark: Option<u64>,
+    /// It answered one of our heartbeat probes (not only a ping the host or `hb_close` sent).
+    pub probe: bool,
 }
 
 /// A small FIFO of (send time, mark), kept inline (no allocation per connection). Past its
@@ -105,8 +117,11 @@ impl Ring {
         self.len -= 1;
         t
     }
-    fn is_empty(&self) -> bool {
-        self.len == 0
+    fn has_probe(&self) -> bool {
+        let cap = self.at.len();
+        (0..usize::from(self.len)).any(|i| {
+            self.at[(usize::from(self.head) + i) % cap].is_some_and(|(_, m)| m & PROBE != 0)
+        })
     }
     fn clear(&mut self) {
         *self = Ring::new();
@@ -146,6 +161,8 @@ impl Heartbeat {
             outstanding: None,
             unanswered: Ring::new(),
             forgotten: 0,
+            sent_n: 0,
+            answered_n: 0,
             missed: 0,
         }
     }
@@ -179,11 +196,27 @@ impl Heartbeat {
         self.missed
     }
 
-    /// Records a ping sent at `now` after `mark` messages.
-    fn sent(&mut self, now: Instant, mark: u64) {
-        if self.unanswered.push(now, mark) {
+    /// Records a ping sent at `now` after `mark` messages; returns its number.
+    fn sent(&mut self, now: Instant, mark: u64, probe: bool) -> u64 {
+        let tagged = if probe { mark | PROBE } else { mark };
+        if self.unanswered.push(now, tagged) {
             self.forgotten = self.forgotten.saturating_add(1);
         }
+        self.sent_n += 1;
+        self.sent_n
+    }
+
+    /// The number of the last ping sent: the payload of a protocol Ping.
+    pub fn last_ping(&self) -> u64 {
+        self.sent_n
+    }
+
+    /// A ping that is not a heartbeat probe went out after `mark` messages: the host's own text
+    /// `ping`, or the one `hb_close` sends to learn what the server has read. Its pong comes in
+    /// order with the probes' and confirms its mark; it counts for nothing else. Returns its
+    /// number.
+    pub fn extra_ping(&mut self, now: Instant, mark: u64) -> u64 {
+        self.sent(now, mark, false)
     }
 
     /// Advances the schedule to `now`. `mark` is the number of messages fully written so far:
@@ -204,7 +237,7 @@ impl Heartbeat {
             if self.reprobe {
                 let due = anchor(deadline, now);
                 self.outstanding = Some(Probe { due });
-                self.sent(now, mark);
+                self.sent(now, mark, true);
                 self.next_ping = due + self.interval;
                 return Tick::Missed {
                     missed: self.missed,
@@ -221,41 +254,63 @@ impl Heartbeat {
         if now >= self.next_ping {
             let due = anchor(self.next_ping, now);
             self.outstanding = Some(Probe { due });
-            self.sent(now, mark);
+            self.sent(now, mark, true);
             self.next_ping = due + self.interval;
             return Tick::Ping;
         }
         Tick::Idle
     }
 
-    /// A pong arrived. Any pong proves the link alive and clears the miss count. It answers the
-    /// oldest unanswered ping (pongs come back in order), whose round-trip time and mark it
-    /// returns; the outstanding ping is answered only once every ping before it has been.
+    /// A text pong arrived. Any pong proves the link alive and clears the miss count. It answers
+    /// the oldest unanswered ping (pongs come back in order), whose round-trip time and mark it
+    /// returns; the outstanding probe is answered only once every probe before it has been.
     pub fn on_pong(&mut self, now: Instant) -> Pong {
         self.missed = 0;
-        if self.forgotten > 0 {
-            self.forgotten -= 1;
-            return Pong {
-                rtt: None,
-                mark: None,
-            };
+        self.answer(now, 1)
+    }
+
+    /// A protocol Pong arrived with `payload`. If it echoes the number of one of our unanswered
+    /// pings, it answers that one and every one before it (see [`on_pong`](Self::on_pong));
+    /// otherwise it is not an answer to us and `None` comes back.
+    pub fn on_protocol_pong(&mut self, now: Instant, payload: &[u8]) -> Option<Pong> {
+        let n = u64::from_be_bytes(payload.try_into().ok()?);
+        if n <= self.answered_n || n > self.sent_n {
+            return None;
         }
-        let Some((sent, mark)) = self.unanswered.pop() else {
-            // Unsolicited: it answers nothing.
-            return Pong {
-                rtt: None,
-                mark: None,
-            };
+        self.missed = 0;
+        Some(self.answer(now, n - self.answered_n))
+    }
+
+    /// Answers the `count` oldest unanswered pings (fewer if fewer are unanswered).
+    fn answer(&mut self, now: Instant, count: u64) -> Pong {
+        let mut out = Pong {
+            rtt: None,
+            mark: None,
+            probe: false,
         };
-        if self.unanswered.is_empty() {
+        for _ in 0..count {
+            if self.answered_n >= self.sent_n {
+                break; // unsolicited
+            }
+            self.answered_n += 1;
+            if self.forgotten > 0 {
+                self.forgotten -= 1;
+                continue;
+            }
+            if let Some((sent, tagged)) = self.unanswered.pop() {
+                out.mark = Some(tagged & !PROBE);
+                if tagged & PROBE != 0 {
+                    out.probe = true;
+                    out.rtt = Some(now.saturating_duration_since(sent));
+                }
+            }
+        }
+        if self.forgotten == 0 && !self.unanswered.has_probe() {
             if let Some(p) = self.outstanding.take() {
                 self.next_ping = p.due + self.interval;
             }
         }
-        Pong {
-            rtt: Some(now.saturating_duration_since(sent)),
-            mark: Some(mark),
-        }
+        out
     }
 
     /// Some other frame arrived. Under [`Liveness::AnyInbound`] it answers the outstanding ping
@@ -608,7 +663,8 @@ mod tests {
             hb.on_pong(t0 + s(31)),
             Pong {
                 rtt: Some(s(1)),
-                mark: Some(7)
+                mark: Some(7),
+                probe: true
             }
         );
         // Unsolicited: confirms nothing.
@@ -653,5 +709,66 @@ mod tests {
         // The first pong is the first ping's, whose record is gone: no mark, not 8.
         assert_eq!(hb.on_pong(t0 + s(61)).mark, None);
         assert_eq!(hb.on_pong(t0 + s(61)).mark, Some(8));
+    }
+
+    #[test]
+    fn the_hosts_own_text_ping_takes_its_place_in_the_order() {
+        // Host "ping" (mark 1), then our probe (mark 10): the first pong answers the host's
+        // ping and confirms only message 1; the probe stays outstanding until the second.
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut hb = Heartbeat::new(&cfg(30, 10, 3, true), t0);
+        assert_eq!(hb.extra_ping(t0 + s(29), 1), 1);
+        assert_eq!(hb.poll(t0 + s(30), 10), Tick::Ping);
+        assert_eq!(
+            hb.on_pong(t0 + s(31)),
+            Pong {
+                rtt: None,
+                mark: Some(1),
+                probe: false
+            }
+        );
+        assert!(matches!(hb.poll(t0 + s(40), 10), Tick::Missed { .. }));
+        // Its pong was late: it answers the probe (mark 10), not the re-probe.
+        assert_eq!(hb.on_pong(t0 + s(41)).mark, Some(10));
+        // Probe first, host ping second: the probe's pong clears the outstanding probe.
+        let mut hb = Heartbeat::new(&cfg(30, 10, 3, true), t0);
+        assert_eq!(hb.poll(t0 + s(30), 3), Tick::Ping);
+        hb.extra_ping(t0 + s(30), 4);
+        assert!(hb.on_pong(t0 + s(31)).probe);
+        assert_eq!(hb.poll(t0 + s(45), 4), Tick::Idle, "probe answered");
+        assert_eq!(hb.on_pong(t0 + s(46)).mark, Some(4));
+    }
+
+    #[test]
+    fn protocol_pongs_answer_by_number_and_unsolicited_ones_answer_nothing() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut hb = Heartbeat::new(&cfg(30, 10, 5, true), t0);
+        assert_eq!(hb.poll(t0 + s(30), 2), Tick::Ping);
+        assert_eq!(hb.last_ping(), 1);
+        // Unsolicited (empty, foreign, or a number not sent yet): nothing, not even liveness.
+        assert_eq!(hb.on_protocol_pong(t0 + s(31), b""), None);
+        assert_eq!(hb.on_protocol_pong(t0 + s(31), b"hello"), None);
+        assert_eq!(hb.on_protocol_pong(t0 + s(31), &2u64.to_be_bytes()), None);
+        assert!(matches!(
+            hb.poll(t0 + s(40), 3),
+            Tick::Missed { missed: 1, .. }
+        ));
+        assert!(matches!(
+            hb.poll(t0 + s(50), 5),
+            Tick::Missed { missed: 2, .. }
+        ));
+        assert_eq!(hb.last_ping(), 3);
+        // The peer answers only the latest (RFC 6455 5.5.3): all three are answered.
+        let p = hb
+            .on_protocol_pong(t0 + s(51), &3u64.to_be_bytes())
+            .unwrap();
+        assert_eq!((p.mark, p.rtt, p.probe), (Some(5), Some(s(1)), true));
+        assert_eq!(hb.missed(), 0);
+        // A repeat of an answered number answers nothing.
+        assert_eq!(hb.on_protocol_pong(t0 + s(52), &3u64.to_be_bytes()), None);
+        assert_eq!(hb.poll(t0 + s(60), 5), Tick::Idle);
+        assert_eq!(hb.poll(t0 + s(81), 5), Tick::Ping);
     }
 }

@@ -1587,3 +1587,178 @@ async fn fault_slow_pong_late_pong_credit() {
         "verdict {observed:?} after the last answered ping, bound {bound:?}"
     );
 }
+
+/// A hostile server that answers nothing (it never reads, so no Ping of ours is ever seen) but
+/// keeps sending unsolicited Pong frames, empty and with foreign payloads (RFC 6455 allows them
+/// as a one-way heartbeat). They must neither keep the link alive nor confirm any message:
+/// the verdict comes on time and every message is reported unconfirmed, none confirmed.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn fault_unsolicited_pongs() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                // Never reads: only writes Pongs nobody asked for.
+                loop {
+                    for p in [&b""[..], b"junk", &[0xff; 8]] {
+                        if ws.send(Message::Pong(p.to_vec().into())).await.is_err() {
+                            return;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+        }
+    });
+    let cfg = Config {
+        heartbeat_mode: hbws::config::HeartbeatMode::Protocol,
+        ..fast(1000, 500, 2)
+    };
+    let rec = Rec::new();
+    let c = Client::connect_on(
+        &tokio::runtime::Handle::current(),
+        &format!("ws://{addr}/"),
+        Arc::new(cfg),
+        rec.sink(),
+    )
+    .unwrap();
+    let log = rec
+        .wait_async("open", |l| count_state(l, State::Open) >= 1)
+        .await;
+    let (_, opened) = find(&log, State::Open, Reason::None);
+    let mut ledger = Ledger::default();
+    ledger.send(&c, "sent", 10);
+    let log = rec
+        .wait_async("verdict", |l| count_state(l, State::Reconnecting) >= 1)
+        .await;
+    let (_, at) = find(&log, State::Reconnecting, Reason::HeartbeatTimeout);
+    // interval + max_missed x timeout, from OPEN: the Pongs bought no time.
+    assert_eq!(at - opened, Duration::from_millis(2000));
+    assert!(pongs(&log).is_empty(), "no heartbeat pong reported");
+    c.close(false);
+    let log = rec
+        .wait_async("closed", |l| count_state(l, State::Closed) == 1)
+        .await;
+    // The server read nothing: a single confirmed message fails the strict ledger.
+    let (unconfirmed, lost) = ledger.balance(&[], &log).assert_strict();
+    assert_eq!((unconfirmed, lost), (10, 10));
+}
+
+/// The host sends its own text `ping`. The server answers it with `pong`, in order with ours,
+/// then stops reading. That pong answers the host's ping: it confirms that message only, not
+/// the ones written after it, and it does not answer our heartbeat probe.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn fault_host_text_ping() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let read = Arc::new(Mutex::new(Vec::new()));
+    let r = read.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let r = r.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                // One message read; a slow answer if it was a ping (after our probe went out);
+                // then nothing more is read.
+                if let Some(Ok(Message::Text(t))) = ws.next().await {
+                    r.lock().unwrap().push(t.as_str().to_owned());
+                    if t.as_str() == "ping" {
+                        tokio::time::sleep(Duration::from_millis(1500)).await;
+                        let _ = ws.send(Message::Text("pong".into())).await;
+                    }
+                }
+                std::future::pending::<()>().await;
+            });
+        }
+    });
+    let rec = Rec::new();
+    let c = Client::connect_on(
+        &tokio::runtime::Handle::current(),
+        &format!("ws://{addr}/"),
+        Arc::new(fast(1000, 1000, 3)),
+        rec.sink(),
+    )
+    .unwrap();
+    let log = rec
+        .wait_async("open", |l| count_state(l, State::Open) >= 1)
+        .await;
+    let (_, opened) = find(&log, State::Open, Reason::None);
+    let mut ledger = Ledger::default();
+    c.send_text("ping").unwrap();
+    ledger.accepted.push(("ping".to_owned(), "host ping"));
+    ledger.send(&c, "after", 9);
+    let log = rec
+        .wait_async("verdict", |l| count_state(l, State::Reconnecting) >= 1)
+        .await;
+    // Our probe (1 s) was never answered: dead at 1 s + 3 x 1 s after OPEN.
+    let (_, at) = find(&log, State::Reconnecting, Reason::HeartbeatTimeout);
+    assert_eq!(at - opened, Duration::from_secs(4));
+    let confirmed: Vec<(u64, u64)> = log
+        .iter()
+        .filter_map(|e| match e {
+            Ev::Delivery {
+                first,
+                count,
+                outcome: Delivery::Confirmed,
+            } => Some((*first, *count)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(confirmed, [(1, 1)], "the host's ping only");
+    c.close(false);
+    let log = rec
+        .wait_async("closed", |l| count_state(l, State::Closed) == 1)
+        .await;
+    let received = read.lock().unwrap().clone();
+    assert_eq!(received, ["ping"]);
+    let (unconfirmed, lost) = ledger.balance(&received, &log).assert_strict();
+    assert_eq!((unconfirmed, lost), (9, 9));
+}
+
+/// The host closes while the server, which has stopped reading, closes on its own (1001): its
+/// Close crosses ours and says nothing about what it read. Nothing may be reported confirmed.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn fault_server_close_crosses_ours() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+            return;
+        };
+        // Reads nothing; closes after a moment, then waits for the peer to go.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Away,
+            reason: "shutting down".into(),
+        };
+        let _ = ws.send(Message::Close(Some(frame))).await;
+        std::future::pending::<()>().await;
+    });
+    let rec = Rec::new();
+    let c = Client::connect_on(
+        &tokio::runtime::Handle::current(),
+        &format!("ws://{addr}/"),
+        Arc::new(fast(1000, 1000, 3)),
+        rec.sink(),
+    )
+    .unwrap();
+    rec.wait_async("open", |l| count_state(l, State::Open) >= 1)
+        .await;
+    let mut ledger = Ledger::default();
+    ledger.send(&c, "sent", 10);
+    c.close(false);
+    let log = rec
+        .wait_async("closed", |l| count_state(l, State::Closed) == 1)
+        .await;
+    let (unconfirmed, lost) = ledger.balance(&[], &log).assert_strict();
+    assert_eq!((unconfirmed, lost), (10, 10));
+}

@@ -839,7 +839,7 @@ fn pongs_and_the_close_handshake_confirm_delivery_by_id() {
     assert_eq!((s.messages_confirmed, s.messages_unconfirmed), (50, 0));
     let texts = srv.received_texts();
     assert_eq!(texts.len(), 50);
-    // Sent and closed at once: the server's answer to our Close confirms them.
+    // Sent and closed at once: the pong of the ping hb_close sends after them confirms them.
     for i in 51..=55 {
         assert_eq!(c.send_text(&format!("m{i}")), HB_OK);
     }

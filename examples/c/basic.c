@@ -154,7 +154,8 @@ int main(int argc, char **argv) {
     if (hb_close(client) != HB_ERR_INVALID_HANDLE) return 1; /* double close is an error */
     printf("closed=%d released=%d echoed=%d confirmed=%d\n", atomic_load(&app.closed),
            atomic_load(&app.released), echoed, atomic_load(&app.confirmed));
-    /* Message 1 was confirmed by a pong, or at the latest by the server's answer to our Close. */
+    /* Message 1 was confirmed by a heartbeat pong, or at the latest by the pong of the ping
+     * hb_close sends before its Close. */
     return (echoed && atomic_load(&app.confirmed) == 1 && atomic_load(&app.closed) &&
             atomic_load(&app.released))
                ? 0

@@ -83,7 +83,8 @@ pub enum hb_heartbeat_kind {
 #[repr(i32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum hb_delivery {
-    /// The server has read them: it answered a heartbeat ping written after them (or our close).
+    /// The server has read them: it answered a ping written after them (a heartbeat ping, the
+    /// host's own text `ping`, or the one `hb_close` sends before its Close frame).
     HB_DELIVERY_CONFIRMED = 1,
     /// Written to a connection that then ended before anything confirmed them: they may or may
     /// not have reached the server. hbws does not send them again.
@@ -606,28 +607,29 @@ pub extern "C" fn hb_get_stats(client: *const hb_client, out: *mut hb_stats) -> 
         let c = handle::get(client as usize)?;
         let s: Stats = c.stats();
         let us = |d: std::time::Duration| d.as_micros().min(u64::MAX as u128) as u64;
-        let stats = hb_stats {
-            size: n,
-            state: s.state.map_or(0, state_code),
-            messages_sent: s.messages_sent,
-            bytes_sent: s.bytes_sent,
-            messages_received: s.messages_received,
-            bytes_received: s.bytes_received,
-            pings_sent: s.pings_sent,
-            pongs_received: s.pongs_received,
-            server_pings_answered: s.server_pings_answered,
-            pongs_missed: s.pongs_missed,
-            connects: s.connects,
-            connect_attempts: s.connect_attempts,
-            messages_dropped: s.messages_dropped,
-            queued_messages: s.queued_messages,
-            queued_bytes: s.queued_bytes,
-            rtt_last_us: us(s.rtt_last),
-            rtt_min_us: us(s.rtt_min),
-            rtt_mean_us: us(s.rtt_mean),
-            messages_confirmed: s.messages_confirmed,
-            messages_unconfirmed: s.messages_unconfirmed,
-        };
+        // Zeroed first, so the padding after `state` copies out as zeros, not stack bytes.
+        // SAFETY: hb_stats is integers only; all-zero is a valid value.
+        let mut stats: hb_stats = unsafe { std::mem::MaybeUninit::zeroed().assume_init() };
+        stats.size = n;
+        stats.state = s.state.map_or(0, state_code);
+        stats.messages_sent = s.messages_sent;
+        stats.bytes_sent = s.bytes_sent;
+        stats.messages_received = s.messages_received;
+        stats.bytes_received = s.bytes_received;
+        stats.pings_sent = s.pings_sent;
+        stats.pongs_received = s.pongs_received;
+        stats.server_pings_answered = s.server_pings_answered;
+        stats.pongs_missed = s.pongs_missed;
+        stats.connects = s.connects;
+        stats.connect_attempts = s.connect_attempts;
+        stats.messages_dropped = s.messages_dropped;
+        stats.queued_messages = s.queued_messages;
+        stats.queued_bytes = s.queued_bytes;
+        stats.rtt_last_us = us(s.rtt_last);
+        stats.rtt_min_us = us(s.rtt_min);
+        stats.rtt_mean_us = us(s.rtt_mean);
+        stats.messages_confirmed = s.messages_confirmed;
+        stats.messages_unconfirmed = s.messages_unconfirmed;
         // SAFETY: `out` is non-NULL and the caller declared `size` >= n writable bytes; the
         // caller's struct is a prefix of ours.
         unsafe {
