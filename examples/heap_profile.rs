@@ -1,4 +1,11 @@
-//! Heap profile of N idle clients: live heap blocks per client, by size.
+//! Heap profile of N idle clients: live heap blocks per client, by size, through a counting
+//! global allocator (the memory target's profiler; see BENCHMARKS.md).
+//!
+//! `cargo run --release --example heap_profile -- URL N` against a server in another process
+//! (`cargo run --release -p hbws-server -- --port 9001 --interval-ms 0`). Prints live bytes per
+//! client and the blocks per client by exact size. With `HEAP_TRACE=1` it also prints, for the
+//! sizes a connection is known to hold, the first few allocation sites (build with
+//! `CARGO_PROFILE_RELEASE_DEBUG=1` for symbols).
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ffi::{c_void, CString};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -113,7 +120,7 @@ fn main() {
     }
     std::thread::sleep(Duration::from_millis(1500));
     let (b0, l0) = (snap(), LIVE.load(Relaxed));
-    TRACE.store(true, Relaxed);
+    TRACE.store(std::env::var_os("HEAP_TRACE").is_some(), Relaxed);
     for _ in 0..n {
         let mut h = std::ptr::null_mut();
         let s = hb_connect(

@@ -8,12 +8,17 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::future::Future;
+use std::sync::atomic::{
+    AtomicBool, AtomicU64,
+    Ordering::{AcqRel, Acquire, Relaxed},
+};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -241,12 +246,58 @@ struct Inner {
     pending_sink: Option<Box<dyn EventSink>>,
 }
 
+/// "There is work": set by the host's threads, taken by the task. A flag and the task's waker,
+/// cheaper on the per-message path than a `Notify` (no waiter list to join and leave).
+#[derive(Default)]
+struct Wakeup {
+    pending: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Wakeup {
+    fn wake(&self) {
+        if !self.pending.swap(true, AcqRel) {
+            self.waker.wake();
+        }
+    }
+
+    /// Forgets the task's waker while the task runs anyway: a host call from inside a callback
+    /// then only sets the flag (taken before the task sleeps) instead of scheduling the task
+    /// for one more pass.
+    fn running(&self) {
+        drop(self.waker.take());
+    }
+
+    /// Takes the flag without waiting.
+    fn take(&self) -> bool {
+        self.pending.load(Acquire) && self.pending.swap(false, AcqRel)
+    }
+
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.take() {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // A wake between the first check and the registration went to the old waker.
+        if self.take() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Resolves once there is work (at once if some was signalled since the last take).
+    fn wait(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| self.poll(cx))
+    }
+}
+
 /// What the host's threads and the task share.
 struct Shared {
     cfg: Arc<Config>,
     inner: Mutex<Inner>,
     /// Wakes the task: a new message, a close request, a new sink.
-    wake: Notify,
+    wake: Wakeup,
     sink_pending: AtomicBool,
     counters: Counters,
     done: Mutex<bool>,
@@ -334,7 +385,7 @@ impl Client {
                 finished: false,
                 pending_sink: None,
             }),
-            wake: Notify::new(),
+            wake: Wakeup::default(),
             sink_pending: AtomicBool::new(false),
             counters: Counters::default(),
             done: Mutex::new(false),
@@ -383,7 +434,7 @@ impl Client {
             g.queue.push_back(make());
             g.queued_bytes += len;
         }
-        self.shared.wake.notify_one();
+        self.shared.wake.wake();
         Ok(())
     }
 
@@ -402,7 +453,7 @@ impl Client {
         };
         // Released outside the lock: a release hook may call back into the library.
         drop(replaced);
-        self.shared.wake.notify_one();
+        self.shared.wake.wake();
         Ok(())
     }
 
@@ -414,7 +465,7 @@ impl Client {
             let mut g = self.shared.lock();
             !std::mem::replace(&mut g.close_requested, true)
         };
-        self.shared.wake.notify_one();
+        self.shared.wake.wake();
         if wait {
             self.wait_done();
         }
@@ -522,7 +573,14 @@ const QUEUE_KEEP: usize = 16;
 /// stopped draining its socket: a black-holed link) ends the connection as a heartbeat timeout,
 /// so a full send buffer can never delay the verdict past the heartbeat's bound.
 async fn write(ws: &mut Socket, msg: Message, deadline: Instant) -> Result<(), Outcome> {
-    match tokio::time::timeout_at(deadline, ws.send(msg)).await {
+    let mut send = ws.send(msg);
+    // Most writes complete at once: only one that has to wait needs a timer.
+    let done = match (&mut send).now_or_never() {
+        Some(r) => Ok(r),
+        // Boxed: a write that has to wait is rare, and its timer should not size every task.
+        None => Box::pin(tokio::time::timeout_at(deadline, send)).await,
+    };
+    match done {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(Outcome::new(
             Reason::ConnectionLost,
@@ -577,11 +635,10 @@ impl Task {
     /// Resolves once close has been requested.
     async fn wait_close(shared: &Shared) {
         loop {
-            let notified = shared.wake.notified();
             if shared.lock().close_requested {
                 return;
             }
-            notified.await;
+            shared.wake.wait().await;
         }
     }
 
@@ -644,7 +701,6 @@ impl Task {
     async fn run(mut self: Box<Self>) {
         // No sink yet: wait for one (or for close) before doing anything the host should hear of.
         while self.sink.is_none() {
-            let notified = self.shared.wake.notified();
             {
                 let mut g = self.shared.lock();
                 if let Some(s) = g.pending_sink.take() {
@@ -656,14 +712,14 @@ impl Task {
                     break;
                 }
             }
-            notified.await;
+            self.shared.wake.wait().await;
         }
         let mut attempt = 0;
         loop {
             if self.close_requested() {
                 return self.finish(Outcome::new(Reason::UserClose, "closed by the host"));
             }
-            let detail = format!("connecting to {}:{}", self.target.host, self.target.port);
+            let detail = format!("connecting to {}:{}", self.target.host(), self.target.port);
             self.simple_state(State::Connecting, Reason::None, attempt, detail);
             bump(&self.shared.counters.connect_attempts, 1);
             let shared = self.shared.clone();
@@ -763,7 +819,7 @@ impl Task {
     async fn session(&mut self, ws: &mut Socket) -> Outcome {
         let opened_at = Instant::now();
         bump(&self.shared.counters.connects, 1);
-        let detail = format!("connected to {}:{}", self.target.host, self.target.port);
+        let detail = format!("connected to {}:{}", self.target.host(), self.target.port);
         self.simple_state(State::Open, Reason::None, self.reconnect.failures(), detail);
         let mut hb = Heartbeat::new(&self.cfg, opened_at);
         let stable_at =
@@ -777,11 +833,17 @@ impl Task {
         let sleep = tokio::time::sleep_until(deadline);
         tokio::pin!(sleep);
         // Whatever was queued while offline goes out first, in order.
-        self.shared.wake.notify_one();
+        self.shared.wake.wake();
         let shared = self.shared.clone();
         loop {
             tokio::select! {
+                // In this order, without drawing a random number per turn: the socket, the timer,
+                // the host's wake-ups. Both of the others are also checked after every inbound
+                // message, so a flood of frames holds off neither the heartbeat's verdict nor the
+                // host's messages.
+                biased;
                 msg = ws.next() => {
+                    shared.wake.running();
                     let r = match msg {
                         Some(Ok(m)) => self.inbound(ws, &mut hb, &mut proved, m).await,
                         Some(Err(e)) => Err(Box::pin(self.read_error(ws, &mut hb, e)).await),
@@ -790,27 +852,27 @@ impl Task {
                     if let Err(o) = r {
                         return self.lost(o);
                     }
+                    if sleep.is_elapsed() {
+                        if let Some(o) = self.on_timer(ws, &mut hb, &mut proved, stable_at).await {
+                            return o;
+                        }
+                    }
+                    // A reply the host sent from its message callback goes out now, without
+                    // another turn of the loop.
+                    if self.shared.wake.take() {
+                        if let Some(o) = self.on_wake(ws, &mut hb).await {
+                            return o;
+                        }
+                    }
                 }
                 () = &mut sleep => {
-                    let now = Instant::now();
-                    if stable_at.is_some_and(|at| now >= at) && !proved {
-                        proved = true;
-                        self.reconnect.on_proof();
-                    }
-                    if let Err(o) = self.tick(ws, &mut hb, now).await {
-                        return self.lost(o);
+                    if let Some(o) = self.on_timer(ws, &mut hb, &mut proved, stable_at).await {
+                        return o;
                     }
                 }
-                () = shared.wake.notified() => {
-                    // New callbacks take over now, so the old user_data is released promptly.
-                    self.swap_sink();
-                    if self.close_requested() {
-                        // Boxed: a rare path that should not size every idle task.
-                        return Box::pin(self.close_handshake(ws, &mut hb)).await;
-                    }
-                    let deadline = hb.dead_by();
-                    if let Err(o) = self.flush_queue(ws, &mut hb, deadline).await {
-                        return self.lost(o);
+                () = shared.wake.wait() => {
+                    if let Some(o) = self.on_wake(ws, &mut hb).await {
+                        return o;
                     }
                 }
             }
@@ -819,6 +881,42 @@ impl Task {
                 deadline = next;
                 sleep.as_mut().reset(deadline);
             }
+        }
+    }
+
+    /// The session's timer fired: stability proof, heartbeat. Returns how the session ended, if
+    /// it did.
+    async fn on_timer(
+        &mut self,
+        ws: &mut Socket,
+        hb: &mut Heartbeat,
+        proved: &mut bool,
+        stable_at: Option<Instant>,
+    ) -> Option<Outcome> {
+        let now = Instant::now();
+        if stable_at.is_some_and(|at| now >= at) && !*proved {
+            *proved = true;
+            self.reconnect.on_proof();
+        }
+        match self.tick(ws, hb, now).await {
+            Ok(()) => None,
+            Err(o) => Some(self.lost(o)),
+        }
+    }
+
+    /// The host signalled work: new callbacks, a close request, messages to write. Returns how
+    /// the session ended, if it did.
+    async fn on_wake(&mut self, ws: &mut Socket, hb: &mut Heartbeat) -> Option<Outcome> {
+        // New callbacks take over now, so the old user_data is released promptly.
+        self.swap_sink();
+        if self.close_requested() {
+            // Boxed: a rare path that should not size every idle task.
+            return Some(Box::pin(self.close_handshake(ws, hb)).await);
+        }
+        let deadline = hb.dead_by();
+        match self.flush_queue(ws, hb, deadline).await {
+            Ok(()) => None,
+            Err(o) => Some(self.lost(o)),
         }
     }
 
@@ -1047,7 +1145,7 @@ impl Task {
             bump(&self.shared.counters.bytes_sent, len as u64);
         }
         // More left: come back after a turn of reading and ticking.
-        self.shared.wake.notify_one();
+        self.shared.wake.wake();
         Ok(())
     }
 

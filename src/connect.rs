@@ -25,15 +25,14 @@ pub type Transport = TcpStream;
 pub type Socket = WebSocketStream<Transport>;
 
 /// A parsed and checked `ws://` URL.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Target {
-    /// Host as written, without IPv6 brackets.
-    pub host: String,
+    /// Host, resource and `Host` header, one after the other: one allocation per client
+    /// rather than three (see [`host`](Self::host) and the others).
+    text: Box<str>,
+    host_end: u32,
+    resource_end: u32,
     pub port: u16,
-    /// Path and query, at least `/`.
-    pub resource: String,
-    /// The `Host` header value.
-    pub host_header: String,
 }
 
 /// Why a URL was refused.
@@ -129,12 +128,45 @@ impl Target {
         } else {
             format!("{host_part}:{port}")
         };
+        let too_long = || UrlError::Invalid("URL longer than 4 GiB".into());
+        let host_end = u32::try_from(host.len()).map_err(|_| too_long())?;
+        let resource_end = u32::try_from(host.len() + resource.len()).map_err(|_| too_long())?;
+        let mut text = String::with_capacity(host.len() + resource.len() + host_header.len());
+        text.push_str(host);
+        text.push_str(&resource);
+        text.push_str(&host_header);
         Ok(Target {
-            host: host.to_string(),
+            text: text.into_boxed_str(),
+            host_end,
+            resource_end,
             port,
-            resource,
-            host_header,
         })
+    }
+
+    /// Host as written, without IPv6 brackets.
+    pub fn host(&self) -> &str {
+        &self.text[..self.host_end as usize]
+    }
+
+    /// Path and query, at least `/`.
+    pub fn resource(&self) -> &str {
+        &self.text[self.host_end as usize..self.resource_end as usize]
+    }
+
+    /// The `Host` header value.
+    pub fn host_header(&self) -> &str {
+        &self.text[self.resource_end as usize..]
+    }
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Target")
+            .field("host", &self.host())
+            .field("port", &self.port)
+            .field("resource", &self.resource())
+            .field("host_header", &self.host_header())
+            .finish()
     }
 }
 
@@ -180,19 +212,19 @@ pub async fn open(target: &Target, cfg: &Config) -> Result<Box<Socket>, ConnectE
 
 async fn tcp_connect(target: &Target) -> Result<TcpStream, ConnectError> {
     // An IP literal needs no resolver (and no blocking-pool thread).
-    if let Ok(ip) = target.host.parse::<IpAddr>() {
+    if let Ok(ip) = target.host().parse::<IpAddr>() {
         return TcpStream::connect(SocketAddr::new(ip, target.port))
             .await
             .map_err(ConnectError::Io);
     }
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((target.host.as_str(), target.port))
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((target.host(), target.port))
         .await
-        .map_err(|e| ConnectError::Resolve(format!("{}: {e}", target.host)))?
+        .map_err(|e| ConnectError::Resolve(format!("{}: {e}", target.host())))?
         .collect();
     if addrs.is_empty() {
         return Err(ConnectError::Resolve(format!(
             "{}: no addresses",
-            target.host
+            target.host()
         )));
     }
     let mut last = None;
@@ -215,9 +247,9 @@ async fn upgrade(
     let key = generate_key();
     let mut req = String::with_capacity(256);
     req.push_str("GET ");
-    req.push_str(&target.resource);
+    req.push_str(target.resource());
     req.push_str(" HTTP/1.1\r\nHost: ");
-    req.push_str(&target.host_header);
+    req.push_str(target.host_header());
     req.push_str(
         "\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ",
     );
@@ -367,22 +399,22 @@ mod tests {
     fn parses_good_urls() {
         let t = ok("ws://example.com/chat?x=1");
         assert_eq!(
-            (t.host.as_str(), t.port, t.resource.as_str()),
+            (t.host(), t.port, t.resource()),
             ("example.com", 80, "/chat?x=1")
         );
-        assert_eq!(t.host_header, "example.com");
+        assert_eq!(t.host_header(), "example.com");
         let t = ok("ws://127.0.0.1:9001");
         assert_eq!(
-            (t.port, t.resource.as_str(), t.host_header.as_str()),
+            (t.port, t.resource(), t.host_header()),
             (9001, "/", "127.0.0.1:9001")
         );
         let t = ok("WS://[::1]:8080/a");
         assert_eq!(
-            (t.host.as_str(), t.port, t.host_header.as_str()),
+            (t.host(), t.port, t.host_header()),
             ("::1", 8080, "[::1]:8080")
         );
         let t = ok("ws://h?q");
-        assert_eq!(t.resource, "/?q");
+        assert_eq!(t.resource(), "/?q");
     }
 
     #[test]

@@ -1762,3 +1762,45 @@ async fn fault_server_close_crosses_ours() {
     let (unconfirmed, lost) = ledger.balance(&[], &log).assert_strict();
     assert_eq!((unconfirmed, lost), (10, 10));
 }
+
+/// A server that never reads (so never answers a ping) while flooding data frames as fast as
+/// it can write them. The client is busy reading the whole time, and the heartbeat's verdict
+/// must still come on time: a flood cannot starve the timer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn fault_flood_without_pongs() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = stop.clone();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+            return;
+        };
+        let frame = Message::Binary(vec![7u8; 64].into());
+        while !st.load(Ordering::SeqCst) {
+            if ws.send(frame.clone()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let rec = Rec::new();
+    let c = connect(&format!("ws://{addr}/"), fast(200, 100, 2), &rec);
+    let log = rec.wait("open", WAIT, |l| count_state(l, State::Open) >= 1);
+    let (_, opened) = find(&log, State::Open, Reason::None);
+    let log = rec.wait("verdict", WAIT, |l| {
+        count_state(l, State::Reconnecting) >= 1
+    });
+    let (_, at) = find(&log, State::Reconnecting, Reason::HeartbeatTimeout);
+    stop.store(true, Ordering::SeqCst);
+    let flood = log.iter().filter(|e| matches!(e, Ev::Message(_))).count();
+    eprintln!("flood without pongs: verdict {:?} after OPEN (bound 400 ms), {flood} frames read meanwhile", at - opened);
+    assert!(flood > 100, "the flood was real: {flood} frames");
+    // Bound: interval + max_missed x timeout = 400 ms; generous slack for a loaded machine.
+    assert!(
+        at - opened < Duration::from_millis(2400),
+        "{:?}",
+        at - opened
+    );
+    c.close(false);
+}

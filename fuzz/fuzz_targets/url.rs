@@ -15,36 +15,36 @@ use hbws::ffi::{hb_close, hb_connect};
 use libfuzzer_sys::fuzz_target;
 
 fn check_target(url: &str, t: &Target) {
-    assert!(!t.host.is_empty(), "{url:?}: empty host");
+    assert!(!t.host().is_empty(), "{url:?}: empty host");
     assert_ne!(t.port, 0, "{url:?}: port 0");
-    assert!(t.resource.starts_with('/'), "{url:?}: {t:?}");
-    assert!(!t.resource.contains('#'), "{url:?}: fragment kept: {t:?}");
+    assert!(t.resource().starts_with('/'), "{url:?}: {t:?}");
+    assert!(!t.resource().contains('#'), "{url:?}: fragment kept: {t:?}");
     // Nothing that could split the request line or a header.
-    for s in [&t.host, &t.resource, &t.host_header] {
+    for s in [t.host(), t.resource(), t.host_header()] {
         assert!(
             !s.bytes()
                 .any(|b| b.is_ascii_whitespace() || b.is_ascii_control()),
             "{url:?}: whitespace or control character in {s:?}"
         );
     }
-    assert!(!t.host.contains(['/', '?', '#', '@', '[', ']']), "{t:?}");
-    let host_part = if t.host.contains(':') {
+    assert!(!t.host().contains(['/', '?', '#', '@', '[', ']']), "{t:?}");
+    let host_part = if t.host().contains(':') {
         assert!(
-            t.host.parse::<std::net::Ipv6Addr>().is_ok(),
+            t.host().parse::<std::net::Ipv6Addr>().is_ok(),
             "{url:?}: host with ':' is not IPv6: {t:?}"
         );
-        format!("[{}]", t.host)
+        format!("[{}]", t.host())
     } else {
-        t.host.clone()
+        t.host().to_owned()
     };
     assert!(
-        t.host_header == host_part
-            || (t.port != 80 && t.host_header == format!("{host_part}:{}", t.port)),
+        t.host_header() == host_part
+            || (t.port != 80 && t.host_header() == format!("{host_part}:{}", t.port)),
         "{url:?}: host header {:?} for {t:?}",
-        t.host_header
+        t.host_header()
     );
     // The normalised form parses back to the same target.
-    let again = format!("ws://{}{}", t.host_header, t.resource);
+    let again = format!("ws://{}{}", t.host_header(), t.resource());
     assert_eq!(
         Target::parse(&again).as_ref(),
         Ok(t),
@@ -132,7 +132,7 @@ fuzz_target!(|data: &[u8]| {
                 assert!(!msg.is_empty(), "{c:?}: no error message");
             }
         }
-        Ok(t) if t.host == "127.0.0.1" && t.port == 1 => {
+        Ok(t) if t.host() == "127.0.0.1" && t.port == 1 => {
             // NULL callbacks: the client waits without connecting; close it at once.
             let (st, out, msg) = c_connect(&c, err_len);
             assert_eq!(st, HB_OK, "{c:?}: {msg}");
