@@ -551,6 +551,42 @@ impl Mini {
     }
 }
 
+/// A hostile server on the test's runtime: accepts, completes the handshake, and hands each
+/// connection to `serve`. Returns its address.
+async fn hostile_server<F, Fut>(serve: F) -> std::net::SocketAddr
+where
+    F: Fn(tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            if let Ok(ws) = tokio_tungstenite::accept_async(tcp).await {
+                tokio::spawn(serve(ws));
+            }
+        }
+    });
+    addr
+}
+
+/// A client on the test's runtime (paused clock), once OPEN; with when it opened.
+async fn open_on_test_runtime(url: &str, cfg: Config, rec: &Arc<Rec>) -> (Client, Instant) {
+    let c = Client::connect_on(
+        &tokio::runtime::Handle::current(),
+        url,
+        Arc::new(cfg),
+        rec.sink(),
+    )
+    .unwrap();
+    let log = rec
+        .wait_async("open", |l| count_state(l, State::Open) >= 1)
+        .await;
+    let (_, opened) = find(&log, State::Open, Reason::None);
+    (c, opened)
+}
+
 // ---------------------------------------------------------------------------------------------
 // The faults.
 
@@ -1594,43 +1630,24 @@ async fn fault_slow_pong_late_pong_credit() {
 /// the verdict comes on time and every message is reported unconfirmed, none confirmed.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn fault_unsolicited_pongs() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
+    let addr = hostile_server(|mut ws| async move {
+        // Never reads: only writes Pongs nobody asked for.
         loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+            for p in [&b""[..], b"junk", &[0xff; 8]] {
+                if ws.send(Message::Pong(p.to_vec().into())).await.is_err() {
                     return;
-                };
-                // Never reads: only writes Pongs nobody asked for.
-                loop {
-                    for p in [&b""[..], b"junk", &[0xff; 8]] {
-                        if ws.send(Message::Pong(p.to_vec().into())).await.is_err() {
-                            return;
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-            });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    });
+    })
+    .await;
     let cfg = Config {
         heartbeat_mode: hbws::config::HeartbeatMode::Protocol,
         ..fast(1000, 500, 2)
     };
     let rec = Rec::new();
-    let c = Client::connect_on(
-        &tokio::runtime::Handle::current(),
-        &format!("ws://{addr}/"),
-        Arc::new(cfg),
-        rec.sink(),
-    )
-    .unwrap();
-    let log = rec
-        .wait_async("open", |l| count_state(l, State::Open) >= 1)
-        .await;
-    let (_, opened) = find(&log, State::Open, Reason::None);
+    let (c, opened) = open_on_test_runtime(&format!("ws://{addr}/"), cfg, &rec).await;
     let mut ledger = Ledger::default();
     ledger.send(&c, "sent", 10);
     let log = rec
@@ -1654,43 +1671,27 @@ async fn fault_unsolicited_pongs() {
 /// the ones written after it, and it does not answer our heartbeat probe.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn fault_host_text_ping() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let read = Arc::new(Mutex::new(Vec::new()));
     let r = read.clone();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let r = r.clone();
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
-                    return;
-                };
-                // One message read; a slow answer if it was a ping (after our probe went out);
-                // then nothing more is read.
-                if let Some(Ok(Message::Text(t))) = ws.next().await {
-                    r.lock().unwrap().push(t.as_str().to_owned());
-                    if t.as_str() == "ping" {
-                        tokio::time::sleep(Duration::from_millis(1500)).await;
-                        let _ = ws.send(Message::Text("pong".into())).await;
-                    }
+    let addr = hostile_server(move |mut ws| {
+        let r = r.clone();
+        async move {
+            // One message read; a slow answer if it was a ping (after our probe went out);
+            // then nothing more is read.
+            if let Some(Ok(Message::Text(t))) = ws.next().await {
+                r.lock().unwrap().push(t.as_str().to_owned());
+                if t.as_str() == "ping" {
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    let _ = ws.send(Message::Text("pong".into())).await;
                 }
-                std::future::pending::<()>().await;
-            });
+            }
+            std::future::pending::<()>().await;
         }
-    });
+    })
+    .await;
     let rec = Rec::new();
-    let c = Client::connect_on(
-        &tokio::runtime::Handle::current(),
-        &format!("ws://{addr}/"),
-        Arc::new(fast(1000, 1000, 3)),
-        rec.sink(),
-    )
-    .unwrap();
-    let log = rec
-        .wait_async("open", |l| count_state(l, State::Open) >= 1)
-        .await;
-    let (_, opened) = find(&log, State::Open, Reason::None);
+    let (c, opened) =
+        open_on_test_runtime(&format!("ws://{addr}/"), fast(1000, 1000, 3), &rec).await;
     let mut ledger = Ledger::default();
     c.send_text("ping").unwrap();
     ledger.accepted.push(("ping".to_owned(), "host ping"));
@@ -1727,13 +1728,7 @@ async fn fault_host_text_ping() {
 /// Close crosses ours and says nothing about what it read. Nothing may be reported confirmed.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn fault_server_close_crosses_ours() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
-            return;
-        };
+    let addr = hostile_server(|mut ws| async move {
         // Reads nothing; closes after a moment, then waits for the peer to go.
         tokio::time::sleep(Duration::from_millis(100)).await;
         let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
@@ -1742,17 +1737,10 @@ async fn fault_server_close_crosses_ours() {
         };
         let _ = ws.send(Message::Close(Some(frame))).await;
         std::future::pending::<()>().await;
-    });
+    })
+    .await;
     let rec = Rec::new();
-    let c = Client::connect_on(
-        &tokio::runtime::Handle::current(),
-        &format!("ws://{addr}/"),
-        Arc::new(fast(1000, 1000, 3)),
-        rec.sink(),
-    )
-    .unwrap();
-    rec.wait_async("open", |l| count_state(l, State::Open) >= 1)
-        .await;
+    let (c, _) = open_on_test_runtime(&format!("ws://{addr}/"), fast(1000, 1000, 3), &rec).await;
     let mut ledger = Ledger::default();
     ledger.send(&c, "sent", 10);
     c.close(false);

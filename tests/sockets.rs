@@ -897,32 +897,18 @@ fn callbacks_and_stats_structs_from_an_older_header_are_accepted() {
     let url = std::ffi::CString::new(srv.url()).unwrap();
     let mut cb = callbacks();
     let mut h = std::ptr::null_mut();
-    // One byte short of the struct as it was before `on_delivery`: refused.
-    cb.size = std::mem::offset_of!(hb_callbacks, on_delivery) - 1;
     let ud = Arc::into_raw(rec.clone()) as *mut std::ffi::c_void;
-    let s = hb_connect(
-        url.as_ptr(),
-        std::ptr::null(),
-        &cb,
-        ud,
-        &mut h,
-        std::ptr::null_mut(),
-        0,
-    );
-    assert_eq!(s, HB_ERR_INVALID_ARGUMENT);
+    let mut connect_with = |size: usize| {
+        cb.size = size;
+        let (null_cfg, null_err) = (std::ptr::null(), std::ptr::null_mut());
+        hb_connect(url.as_ptr(), null_cfg, &cb, ud, &mut h, null_err, 0)
+    };
+    // One byte short of the struct as it was before `on_delivery`: refused.
+    let older = std::mem::offset_of!(hb_callbacks, on_delivery);
+    assert_eq!(connect_with(older - 1), HB_ERR_INVALID_ARGUMENT);
     // The older struct: accepted, and the field it does not have is taken as NULL (the
     // callback after `release` in memory is never read).
-    cb.size = std::mem::offset_of!(hb_callbacks, on_delivery);
-    let s = hb_connect(
-        url.as_ptr(),
-        std::ptr::null(),
-        &cb,
-        ud,
-        &mut h,
-        std::ptr::null_mut(),
-        0,
-    );
-    assert_eq!(s, HB_OK);
+    assert_eq!(connect_with(older), HB_OK);
     let c = TestClient { h, rec };
     c.wait_open(1);
     assert_eq!(c.send_text("x"), HB_OK);
