@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{
     AtomicBool, AtomicU64,
     Ordering::{AcqRel, Acquire, Relaxed},
@@ -18,7 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -572,24 +573,48 @@ const QUEUE_KEEP: usize = 16;
 /// Writes one message, bounded by `deadline`. A write that cannot complete by then (the peer
 /// stopped draining its socket: a black-holed link) ends the connection as a heartbeat timeout,
 /// so a full send buffer can never delay the verdict past the heartbeat's bound.
-async fn write(ws: &mut Socket, msg: Message, deadline: Instant) -> Result<(), Outcome> {
-    let mut send = ws.send(msg);
-    // Most writes complete at once: only one that has to wait needs a timer.
-    let done = match (&mut send).now_or_never() {
-        Some(r) => Ok(r),
-        // Boxed: a write that has to wait is rare, and its timer should not size every task.
-        None => Box::pin(tokio::time::timeout_at(deadline, send)).await,
-    };
-    match done {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(Outcome::new(
-            Reason::ConnectionLost,
-            format!("write failed: {e}"),
-        )),
-        Err(_) => Err(Outcome::new(
-            Reason::HeartbeatTimeout,
-            "write stalled until the heartbeat deadline: the peer stopped reading",
-        )),
+fn write(ws: &mut Socket, msg: Message, deadline: Instant) -> Write<'_> {
+    Write {
+        send: ws.send(msg),
+        deadline,
+        timer: None,
+    }
+}
+
+/// The future of [`write`]: small, because it lives in every connection's task. Most writes
+/// complete on their first poll; only one that has to wait gets a (boxed) timer.
+struct Write<'a> {
+    send: futures_util::sink::Send<'a, Socket, Message>,
+    deadline: Instant,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Future for Write<'_> {
+    type Output = Result<(), Outcome>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        match Pin::new(&mut this.send).poll(cx) {
+            Poll::Ready(Ok(())) => return Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => {
+                return Poll::Ready(Err(Outcome::new(
+                    Reason::ConnectionLost,
+                    format!("write failed: {e}"),
+                )))
+            }
+            Poll::Pending => {}
+        }
+        let deadline = this.deadline;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(Outcome::new(
+                Reason::HeartbeatTimeout,
+                "write stalled until the heartbeat deadline: the peer stopped reading",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -1038,7 +1063,8 @@ impl Task {
                 let fatal = self.cfg.fatal_close_codes.contains(&code);
                 let detail = format!("server closed with {code} {reason:?}");
                 // tungstenite answers the Close; the stream ends on the next read.
-                let _ = tokio::time::timeout(self.cfg.close_timeout, ws.flush()).await;
+                // Boxed: a rare path whose timer should not size every task.
+                let _ = Box::pin(tokio::time::timeout(self.cfg.close_timeout, ws.flush())).await;
                 return Err(Outcome {
                     close_code: code,
                     fatal,
@@ -1115,23 +1141,27 @@ impl Task {
         deadline: Instant,
     ) -> Result<(), Outcome> {
         for _ in 0..FLUSH_BATCH {
-            let next = {
-                let mut g = self.shared.lock();
-                let next = g.queue.front().cloned();
-                if next.is_none() && g.queue.capacity() > QUEUE_KEEP {
-                    // Drained after a burst or an outage: give the high-water mark back.
-                    g.queue = VecDeque::new();
-                }
-                next
+            // Scoped so that only the write's own future is kept across the await.
+            let (len, host_ping, write) = {
+                let msg = {
+                    let mut g = self.shared.lock();
+                    let next = g.queue.front().cloned();
+                    if next.is_none() && g.queue.capacity() > QUEUE_KEEP {
+                        // Drained after a burst or an outage: give the high-water mark back.
+                        g.queue = VecDeque::new();
+                    }
+                    next
+                };
+                let Some(msg) = msg else {
+                    return Ok(());
+                };
+                let len = payload_len(&msg);
+                // The host's own text `ping` is answered by the server like ours (Text mode).
+                let host_ping = self.cfg.heartbeat_mode == HeartbeatMode::Text
+                    && matches!(&msg, Message::Text(t) if t.as_str() == self.cfg.ping_text);
+                (len, host_ping, write(ws, msg, deadline))
             };
-            let Some(msg) = next else {
-                return Ok(());
-            };
-            let len = payload_len(&msg);
-            // The host's own text `ping` is answered by the server like ours (Text mode).
-            let host_ping = self.cfg.heartbeat_mode == HeartbeatMode::Text
-                && matches!(&msg, Message::Text(t) if t.as_str() == self.cfg.ping_text);
-            write(ws, msg, deadline).await?;
+            write.await?;
             self.written += 1;
             if host_ping {
                 hb.extra_ping(Instant::now(), self.written);
