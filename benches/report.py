@@ -306,7 +306,7 @@ A("## 1. Scale: N heartbeating clients in one process\n")
 A(f"Interval {5000} ms (pong timeout 5 s for hbws); measured after all N are open, over a window with at least two "
   "heartbeat rounds answered by every client and two intervals passed. RSS per client = (RSS at the end of the window − RSS "
   "before the first client) / N. hbws is driven through its C ABI (`hbws::ffi`); raw = tokio-tungstenite 0.30 on a "
-  "current_thread runtime, one task per connection selecting over socket and timer, read buffer 1 KiB, write buffer 0 "
+  "current_thread runtime, one task per connection selecting over socket and timer, read buffer 512 B, write buffer 0 "
   "(hbws's defaults). Heap figures come from a counting global allocator in the same process (Rust allocations only: "
   "hbws and tokio). Python `websockets` and node `ws` are peers doing the same loop.\n")
 A("| client | N | KiB RSS / client | ratio to raw | heap B / client | live heap blocks / client | allocs / pong | CPU % | threads | RTT p50 µs | RTT p99 µs | false misses | lost |")

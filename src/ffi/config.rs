@@ -361,7 +361,7 @@ pub extern "C" fn hb_config_set_max_message_size(
     })
 }
 
-/// Socket buffer sizes per connection: read 256 B ..= 16 MiB (default 1024; a larger message
+/// Socket buffer sizes per connection: read 256 B ..= 16 MiB (default 512; a larger message
 /// grows it as needed), write 0 ..= 16 MiB (bytes batched before a write; default 0: write each
 /// message at once).
 #[no_mangle]

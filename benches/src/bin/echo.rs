@@ -4,7 +4,7 @@
 //!
 //! hbws: through the C ABI; the first message is sent from the main thread once OPEN, every
 //! next one with `hb_send_text` from inside the message callback (heartbeat every 24 h, so none
-//! in the run; default buffers read 1024 / write 0). raw: tokio-tungstenite on a current_thread
+//! in the run; default buffers read 512 / write 0). raw: tokio-tungstenite on a current_thread
 //! runtime with the same buffers, send then read. `--lat` records each round trip's wall time
 //! and prints p50/p99 (left off for callgrind runs so timing code is not counted).
 //! K = 0 connects, opens and closes only: the baseline subtracted under callgrind.
@@ -106,7 +106,7 @@ fn run_raw(url: &str, k: u64) {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         tcp.set_nodelay(true).unwrap();
         let cfg = WebSocketConfig::default()
-            .read_buffer_size(1024)
+            .read_buffer_size(512)
             .write_buffer_size(0)
             .max_write_buffer_size(usize::MAX)
             .max_message_size(Some(1 << 20))

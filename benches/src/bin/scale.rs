@@ -225,7 +225,7 @@ fn raw_runtime(url: String, n: u64, interval: u64) {
 
 pub fn raw_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(1024)
+        .read_buffer_size(512)
         .write_buffer_size(0)
         .max_write_buffer_size(usize::MAX)
         .max_message_size(Some(1 << 20))
