@@ -247,6 +247,20 @@ struct Inner {
     pending_sink: Option<Box<dyn EventSink>>,
 }
 
+/// What woke a session's task (see `Task::session`).
+enum Turn {
+    /// A message was read and handled.
+    Read,
+    /// The server's text ping was read: answer it.
+    ServerPing,
+    ServerClosed(Box<Outcome>),
+    ReadError(Box<WsError>),
+    /// EOF.
+    Lost,
+    Timer,
+    Wake,
+}
+
 /// "There is work": set by the host's threads, taken by the task. A flag and the task's waker,
 /// cheaper on the per-message path than a `Notify` (no waiter list to join and leave).
 #[derive(Default)]
@@ -861,7 +875,9 @@ impl Task {
         self.shared.wake.wake();
         let shared = self.shared.clone();
         loop {
-            tokio::select! {
+            // What woke the task, decided first; the work (and its awaits) follows outside the
+            // select, so the select's own values are not kept in every task's state.
+            let turn = tokio::select! {
                 // In this order, without drawing a random number per turn: the socket, the timer,
                 // the host's wake-ups. Both of the others are also checked after every inbound
                 // message, so a flood of frames holds off neither the heartbeat's verdict nor the
@@ -869,33 +885,63 @@ impl Task {
                 biased;
                 msg = ws.next() => {
                     shared.wake.running();
-                    let r = match msg {
-                        Some(Ok(m)) => self.inbound(ws, &mut hb, &mut proved, m).await,
-                        Some(Err(e)) => Err(Box::pin(self.read_error(ws, &mut hb, e)).await),
-                        None => Err(Outcome::new(Reason::ConnectionLost, "connection closed by the server (EOF)")),
-                    };
-                    if let Err(o) = r {
-                        return self.lost(o);
-                    }
-                    if sleep.is_elapsed() {
-                        if let Some(o) = self.on_timer(ws, &mut hb, &mut proved, stable_at).await {
-                            return o;
-                        }
-                    }
-                    // A reply the host sent from its message callback goes out now, without
-                    // another turn of the loop.
-                    if self.shared.wake.take() {
-                        if let Some(o) = self.on_wake(ws, &mut hb).await {
-                            return o;
-                        }
+                    match msg {
+                        Some(Ok(m)) => match self.inbound(&mut hb, &mut proved, m) {
+                            Ok(false) => Turn::Read,
+                            Ok(true) => Turn::ServerPing,
+                            Err(o) => Turn::ServerClosed(Box::new(o)),
+                        },
+                        Some(Err(e)) => Turn::ReadError(Box::new(e)),
+                        None => Turn::Lost,
                     }
                 }
-                () = &mut sleep => {
+                () = &mut sleep => Turn::Timer,
+                () = shared.wake.wait() => Turn::Wake,
+            };
+            let read = match turn {
+                Turn::Read => true,
+                Turn::ServerPing => {
+                    if let Err(o) = self.answer_server_ping(ws, &mut hb).await {
+                        return self.lost(o);
+                    }
+                    true
+                }
+                Turn::ServerClosed(o) => {
+                    // tungstenite queued our answer to the server's Close; send it.
+                    let flush = tokio::time::timeout(self.cfg.close_timeout, ws.flush());
+                    let _ = Box::pin(flush).await;
+                    return self.lost(*o);
+                }
+                Turn::ReadError(e) => {
+                    let o = Box::pin(self.read_error(ws, &mut hb, *e)).await;
+                    return self.lost(o);
+                }
+                Turn::Lost => {
+                    let detail = "connection closed by the server (EOF)";
+                    return self.lost(Outcome::new(Reason::ConnectionLost, detail));
+                }
+                Turn::Timer => {
+                    if let Some(o) = self.on_timer(ws, &mut hb, &mut proved, stable_at).await {
+                        return o;
+                    }
+                    false
+                }
+                Turn::Wake => {
+                    if let Some(o) = self.on_wake(ws, &mut hb).await {
+                        return o;
+                    }
+                    false
+                }
+            };
+            if read {
+                if sleep.is_elapsed() {
                     if let Some(o) = self.on_timer(ws, &mut hb, &mut proved, stable_at).await {
                         return o;
                     }
                 }
-                () = shared.wake.wait() => {
+                // A reply the host sent from its message callback goes out now, without
+                // another turn of the loop.
+                if self.shared.wake.take() {
                     if let Some(o) = self.on_wake(ws, &mut hb).await {
                         return o;
                     }
@@ -992,30 +1038,19 @@ impl Task {
         Ok(())
     }
 
-    async fn inbound(
+    /// Handles one inbound message. `Ok(true)`: it was the server's text ping, to be answered
+    /// at once ([`answer_server_ping`](Self::answer_server_ping)). Synchronous, so the awaits
+    /// that may follow live in the session once rather than in here.
+    fn inbound(
         &mut self,
-        ws: &mut Socket,
         hb: &mut Heartbeat,
         proved: &mut bool,
         msg: Message,
-    ) -> Result<(), Outcome> {
+    ) -> Result<bool, Outcome> {
         let now = Instant::now();
         let c = &self.shared.counters;
         let pong = match &msg {
-            Message::Text(t) if t.as_str() == self.cfg.ping_text => {
-                // Answer at once, ahead of anything queued.
-                let pong = Message::Text(Utf8Bytes::from(self.cfg.pong_text.clone()));
-                write(ws, pong, hb.dead_by()).await?;
-                bump(&c.server_pings_answered, 1);
-                hb.on_inbound(now);
-                self.emit(&Event::Heartbeat(HeartbeatEvent::ServerPing {
-                    protocol: false,
-                }));
-                if self.cfg.deliver_heartbeats {
-                    self.deliver(false, t.as_bytes());
-                }
-                return Ok(());
-            }
+            Message::Text(t) if t.as_str() == self.cfg.ping_text => return Ok(true),
             _ => self.as_pong(hb, now, &msg),
         };
         if let Some(pong) = pong {
@@ -1043,7 +1078,7 @@ impl Task {
                     self.deliver(false, t.as_bytes());
                 }
             }
-            return Ok(());
+            return Ok(false);
         }
         hb.on_inbound(now);
         match msg {
@@ -1062,9 +1097,7 @@ impl Task {
                     .unwrap_or((1005, String::new()));
                 let fatal = self.cfg.fatal_close_codes.contains(&code);
                 let detail = format!("server closed with {code} {reason:?}");
-                // tungstenite answers the Close; the stream ends on the next read.
-                // Boxed: a rare path whose timer should not size every task.
-                let _ = Box::pin(tokio::time::timeout(self.cfg.close_timeout, ws.flush())).await;
+                // tungstenite has queued the answer to the Close; the session flushes it.
                 return Err(Outcome {
                     close_code: code,
                     fatal,
@@ -1072,6 +1105,26 @@ impl Task {
                 });
             }
             Message::Pong(_) | Message::Frame(_) => {}
+        }
+        Ok(false)
+    }
+
+    /// Answers the server's text ping, ahead of anything queued.
+    async fn answer_server_ping(
+        &mut self,
+        ws: &mut Socket,
+        hb: &mut Heartbeat,
+    ) -> Result<(), Outcome> {
+        let pong = Message::Text(Utf8Bytes::from(self.cfg.pong_text.clone()));
+        write(ws, pong, hb.dead_by()).await?;
+        bump(&self.shared.counters.server_pings_answered, 1);
+        hb.on_inbound(Instant::now());
+        self.emit(&Event::Heartbeat(HeartbeatEvent::ServerPing {
+            protocol: false,
+        }));
+        if self.cfg.deliver_heartbeats {
+            let text = self.cfg.ping_text.clone();
+            self.deliver(false, text.as_bytes());
         }
         Ok(())
     }
