@@ -62,6 +62,8 @@ try:
 except Exception:
     so_bytes = so_unstripped = None
     notes.append("so_bytes: libhbws.so was not built")
+if quick and so_bytes:
+    notes.append("so_bytes (--quick): the cdylib cargo built as the bench crate's dependency, not a separate build of the shipped one")
 threads = idle["hbws"].get("threads")
 bg_threads = threads - 1 if threads else None
 
