@@ -885,52 +885,85 @@ fn fault_fin() {
 }
 
 /// Pongs slower than the pong timeout (but faster than the verdict): misses are reported, the
-/// link is never declared dead; once pongs speed up, no more misses.
-#[test]
-fn fault_slow_pong() {
-    let srv = ref_server(None);
-    let px = Proxy::start(srv.addr());
+/// link is never declared dead; once pongs speed up, no more misses. Paused clock, with a server
+/// that answers every ping after its own delay (independently of the others).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn fault_slow_pong() {
+    let delay = Arc::new(Mutex::new(Duration::ZERO));
+    let d = delay.clone();
+    let addr = hostile_server(move |ws| {
+        let d = d.clone();
+        async move {
+            let (mut tx, mut rx) = ws.split();
+            let (out, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<Message>();
+            tokio::spawn(async move {
+                while let Some(m) = out_rx.recv().await {
+                    if tx.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            while let Some(Ok(m)) = rx.next().await {
+                if matches!(&m, Message::Text(t) if t.as_str() == "ping") {
+                    let (out, wait) = (out.clone(), *d.lock().unwrap());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        let _ = out.send(Message::Text("pong".into()));
+                    });
+                }
+            }
+        }
+    })
+    .await;
     let (interval, timeout) = (300u64, 100u64);
     let rec = Rec::new();
-    let c = connect(&px.url(), fast(interval, timeout, 3), &rec);
-    rec.wait("first pong", WAIT, |l| !pongs(l).is_empty());
-    let delay = Duration::from_millis(180);
-    srv.set_pong_delay(delay);
+    let (c, _) =
+        open_on_test_runtime(&format!("ws://{addr}/"), fast(interval, timeout, 3), &rec).await;
+    rec.wait_async("first pong", |l| !pongs(l).is_empty()).await;
+    let slow = Duration::from_millis(180);
+    *delay.lock().unwrap() = slow;
     let mark = rec.events().len();
-    let log = rec.wait("three misses", WAIT, |l| {
-        l[mark..]
-            .iter()
-            .filter(|e| matches!(e, Ev::Missed(_)))
-            .count()
-            >= 3
-    });
+    let log = rec
+        .wait_async("three misses", |l| {
+            l[mark..]
+                .iter()
+                .filter(|e| matches!(e, Ev::Missed(_)))
+                .count()
+                >= 3
+        })
+        .await;
     let slow_rtts: Vec<Duration> = pongs(&log[mark..]).iter().map(|p| p.0).collect();
     eprintln!(
-        "slow pong: misses {:?}, pong rtts reported while pongs took {delay:?}: {slow_rtts:?}",
+        "slow pong: misses {:?}, pong rtts reported while pongs took {slow:?}: {slow_rtts:?}",
         misses(&log[mark..])
     );
     // A late pong clears the count: never two misses in a row, never a verdict.
     assert!(misses(&log[mark..]).iter().all(|m| *m == 1));
+    assert!(slow_rtts.iter().all(|r| *r == slow), "{slow_rtts:?}");
     assert_eq!(count_state(&log, State::Reconnecting), 0);
     assert_eq!(c.state(), State::Open);
 
-    srv.set_pong_delay(Duration::ZERO);
+    *delay.lock().unwrap() = Duration::ZERO;
     // The pong already delayed may still miss once; from the first on-time pong on, none.
     let mark = rec.events().len();
-    let log = rec.wait("on-time pongs", WAIT, |l| {
-        pongs(&l[mark..])
-            .iter()
-            .filter(|p| p.0 < Duration::from_millis(timeout))
-            .count()
-            >= 3
-    });
+    let log = rec
+        .wait_async("on-time pongs", |l| {
+            pongs(&l[mark..])
+                .iter()
+                .filter(|p| p.0 < Duration::from_millis(timeout))
+                .count()
+                >= 3
+        })
+        .await;
     let first_fast = log[mark..]
         .iter()
         .position(|e| matches!(e, Ev::Pong(rtt, _) if *rtt < Duration::from_millis(timeout)))
         .unwrap();
     assert!(misses(&log[mark + first_fast..]).is_empty(), "{log:#?}");
     assert_eq!(count_state(&log, State::Reconnecting), 0);
-    c.close(true);
+    c.close(false);
+    rec.wait_async("closed", |l| count_state(l, State::Closed) == 1)
+        .await;
 }
 
 /// A delay on both directions under the pong timeout: no false misses, RTT includes the delay.
