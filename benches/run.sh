@@ -16,9 +16,10 @@ START=$(date +%s)
 log() { echo "[run.sh +$(( $(date +%s) - START ))s] $*" >&2; }
 
 if [[ $QUICK == 1 ]]; then
-  SCALE_N="1000 5000"; PEER_N=1000; K=2000; KLAT=20000; TRIALS=5; STORM_N=2000
+  # Sized to finish in under 3 minutes on a fresh 2-core machine, build included.
+  SCALE_N="5000"; PEER_N=1000; K=2000; KLAT=20000; TRIALS=3; STORM_N=2000; IDLE_S=3
 else
-  SCALE_N="1000 5000 15000"; PEER_N=5000; K=10000; KLAT=100000; TRIALS=20; STORM_N=10000
+  SCALE_N="1000 5000 15000"; PEER_N=5000; K=10000; KLAT=100000; TRIALS=20; STORM_N=10000; IDLE_S=5
 fi
 INTERVAL=5000
 
@@ -90,7 +91,7 @@ footprint() {
   stat -c %s "$SO" > "$OUT/so_bytes_unstripped.txt"
   for c in hbws raw; do
     srv_start
-    "$T/scale" "$c" "$URL" 1000 30000 --idle 5 > "$OUT/idle_$c.json" || echo '{}' > "$OUT/idle_$c.json"
+    "$T/scale" "$c" "$URL" 1000 30000 --idle "$IDLE_S" > "$OUT/idle_$c.json" || echo '{}' > "$OUT/idle_$c.json"
     srv_stop
   done
 }
