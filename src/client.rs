@@ -2,7 +2,8 @@
 //! connects, runs the heartbeat, reads, writes, and reconnects.
 //!
 //! Layout, chosen for many idle clients: the handle and the task share one `Arc<Shared>` holding
-//! a mutex-protected queue and a single `Notify` (no channel, nothing allocated up front); the task
+//! a mutex-protected queue and a work flag with the task's waker (`Wakeup`; no channel, nothing
+//! allocated up front); the task
 //! owns the socket, one timer, the heartbeat and backoff state, and the event sink. The connect
 //! future is boxed so its handshake state does not stay in the task's layout after it finishes.
 
@@ -871,6 +872,10 @@ impl Task {
         let mut deadline = wakeup(&hb, proved);
         let sleep = tokio::time::sleep_until(deadline);
         tokio::pin!(sleep);
+        // Registered now, not at its first poll: the select polls the socket first, and a socket
+        // that is never drained (a flood from the first byte) would leave the timer unregistered,
+        // `is_elapsed` false for ever, and the heartbeat stopped.
+        sleep.as_mut().reset(deadline);
         // Whatever was queued while offline goes out first, in order.
         self.shared.wake.wake();
         let shared = self.shared.clone();

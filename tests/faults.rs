@@ -1825,3 +1825,77 @@ async fn fault_flood_without_pongs() {
     );
     c.close(false);
 }
+
+/// A flood from the very first byte: the server's 101 and an endless stream of frames in the
+/// same writes, never reading. The heartbeat must still run and bring the verdict on time. (The
+/// session registers its timer before its first select for this case; on loopback the socket
+/// still runs dry now and then, so this test cannot force a timer that is never polled, and it
+/// passes without that line too. It guards the flood path as a whole.)
+#[test]
+fn fault_flood_from_the_handshake() {
+    use std::io::{Read, Write};
+    // A thread with blocking writes of large buffers keeps the client's socket full.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = stop.clone();
+    std::thread::spawn(move || {
+        let (mut tcp, _) = listener.accept().unwrap();
+        let mut req = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tcp.read(&mut buf).unwrap();
+            assert!(n > 0, "client closed during its handshake");
+            req.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&req).to_string();
+        let key = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+            .expect("key")
+            .trim()
+            .to_owned();
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        // 64-byte binary frames, unmasked (server to client), 1 MiB of them per write.
+        let mut frames = Vec::new();
+        while frames.len() < 1 << 20 {
+            frames.extend_from_slice(&[0x82, 64]);
+            frames.extend_from_slice(&[7u8; 64]);
+        }
+        let mut first = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {accept}\r\n\r\n"
+        )
+        .into_bytes();
+        first.extend_from_slice(&frames);
+        if tcp.write_all(&first).is_err() {
+            return;
+        }
+        while !st.load(Ordering::SeqCst) {
+            if tcp.write_all(&frames).is_err() {
+                return;
+            }
+        }
+    });
+    let rec = Rec::new();
+    let c = connect(&format!("ws://{addr}/"), fast(200, 100, 2), &rec);
+    let log = rec.wait("open", WAIT, |l| count_state(l, State::Open) >= 1);
+    let (_, opened) = find(&log, State::Open, Reason::None);
+    let log = rec.wait("verdict", WAIT, |l| {
+        count_state(l, State::Reconnecting) >= 1
+    });
+    let (_, at) = find(&log, State::Reconnecting, Reason::HeartbeatTimeout);
+    stop.store(true, Ordering::SeqCst);
+    let flood = log.iter().filter(|e| matches!(e, Ev::Message(_))).count();
+    eprintln!(
+        "flood from the handshake: verdict {:?} after OPEN (bound 400 ms), {flood} frames read",
+        at - opened
+    );
+    assert!(flood > 100, "the flood was real: {flood} frames");
+    assert!(
+        at - opened < Duration::from_millis(2400),
+        "{:?}",
+        at - opened
+    );
+    c.close(false);
+}
