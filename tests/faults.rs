@@ -587,6 +587,34 @@ async fn open_on_test_runtime(url: &str, cfg: Config, rec: &Arc<Rec>) -> (Client
     (c, opened)
 }
 
+/// Connects to a flooding server at `addr` (interval 200 ms, timeout 100 ms, 2 misses: bound
+/// 400 ms) and checks the heartbeat's verdict comes on time while frames pour in; then `stop`s
+/// the flood and closes.
+fn verdict_through_flood(what: &str, addr: std::net::SocketAddr, stop: &AtomicBool) {
+    let rec = Rec::new();
+    let c = connect(&format!("ws://{addr}/"), fast(200, 100, 2), &rec);
+    let log = rec.wait("open", WAIT, |l| count_state(l, State::Open) >= 1);
+    let (_, opened) = find(&log, State::Open, Reason::None);
+    let log = rec.wait("verdict", WAIT, |l| {
+        count_state(l, State::Reconnecting) >= 1
+    });
+    let (_, at) = find(&log, State::Reconnecting, Reason::HeartbeatTimeout);
+    stop.store(true, Ordering::SeqCst);
+    let flood = log.iter().filter(|e| matches!(e, Ev::Message(_))).count();
+    eprintln!(
+        "{what}: verdict {:?} after OPEN (bound 400 ms), {flood} frames read meanwhile",
+        at - opened
+    );
+    assert!(flood > 100, "the flood was real: {flood} frames");
+    // Generous slack over the bound for a loaded machine.
+    assert!(
+        at - opened < Duration::from_millis(2400),
+        "{:?}",
+        at - opened
+    );
+    c.close(false);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The faults.
 
@@ -1777,25 +1805,7 @@ async fn fault_flood_without_pongs() {
             }
         }
     });
-    let rec = Rec::new();
-    let c = connect(&format!("ws://{addr}/"), fast(200, 100, 2), &rec);
-    let log = rec.wait("open", WAIT, |l| count_state(l, State::Open) >= 1);
-    let (_, opened) = find(&log, State::Open, Reason::None);
-    let log = rec.wait("verdict", WAIT, |l| {
-        count_state(l, State::Reconnecting) >= 1
-    });
-    let (_, at) = find(&log, State::Reconnecting, Reason::HeartbeatTimeout);
-    stop.store(true, Ordering::SeqCst);
-    let flood = log.iter().filter(|e| matches!(e, Ev::Message(_))).count();
-    eprintln!("flood without pongs: verdict {:?} after OPEN (bound 400 ms), {flood} frames read meanwhile", at - opened);
-    assert!(flood > 100, "the flood was real: {flood} frames");
-    // Bound: interval + max_missed x timeout = 400 ms; generous slack for a loaded machine.
-    assert!(
-        at - opened < Duration::from_millis(2400),
-        "{:?}",
-        at - opened
-    );
-    c.close(false);
+    verdict_through_flood("flood without pongs", addr, &stop);
 }
 
 /// A flood from the very first byte: the server's 101 and an endless stream of frames in the
@@ -1849,25 +1859,5 @@ fn fault_flood_from_the_handshake() {
             }
         }
     });
-    let rec = Rec::new();
-    let c = connect(&format!("ws://{addr}/"), fast(200, 100, 2), &rec);
-    let log = rec.wait("open", WAIT, |l| count_state(l, State::Open) >= 1);
-    let (_, opened) = find(&log, State::Open, Reason::None);
-    let log = rec.wait("verdict", WAIT, |l| {
-        count_state(l, State::Reconnecting) >= 1
-    });
-    let (_, at) = find(&log, State::Reconnecting, Reason::HeartbeatTimeout);
-    stop.store(true, Ordering::SeqCst);
-    let flood = log.iter().filter(|e| matches!(e, Ev::Message(_))).count();
-    eprintln!(
-        "flood from the handshake: verdict {:?} after OPEN (bound 400 ms), {flood} frames read",
-        at - opened
-    );
-    assert!(flood > 100, "the flood was real: {flood} frames");
-    assert!(
-        at - opened < Duration::from_millis(2400),
-        "{:?}",
-        at - opened
-    );
-    c.close(false);
+    verdict_through_flood("flood from the handshake", addr, &stop);
 }
