@@ -163,7 +163,7 @@ pub type hb_release_cb = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
 /// return normally: no C++ exception, `longjmp` or thread exit may leave a callback. A slow
 /// callback delays every client sharing the runtime thread.
 #[repr(C)]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub struct hb_callbacks {
     /// `sizeof(hb_callbacks)` as the caller compiled it, so the struct can grow.
     pub size: usize,
@@ -373,16 +373,8 @@ fn read_callbacks(cb: *const hb_callbacks) -> Result<hb_callbacks, hb_status> {
     if size < CALLBACKS_V1_SIZE {
         return Err(HB_ERR_INVALID_ARGUMENT);
     }
-    let mut out = hb_callbacks {
-        size: std::mem::size_of::<hb_callbacks>(),
-        on_state: None,
-        on_message: None,
-        on_heartbeat: None,
-        on_dropped: None,
-        on_log: None,
-        release: None,
-        on_delivery: None,
-    };
+    // Every callback NULL until copied from the caller's fields.
+    let mut out = hb_callbacks::default();
     // Whole fields only (all are pointer-sized): a size that ends inside a field leaves that
     // field NULL rather than half a function pointer.
     let field = std::mem::size_of::<usize>();
