@@ -513,9 +513,10 @@ hb_status hb_config_set_fatal_close_codes(hb_config *config, const uint16_t *clo
 // the connection with 1009; a bigger send is `HB_ERR_MESSAGE_TOO_BIG`. Default 1 MiB.
 hb_status hb_config_set_max_message_size(hb_config *config, size_t bytes);
 
-// Socket buffer sizes per connection: read 256 B ..= 16 MiB (default 512; a larger message
-// grows it as needed), write 0 ..= 16 MiB (bytes batched before a write; default 0: write each
-// message at once).
+// Read and write sizes per connection. `read`, 256 B ..= 16 MiB (default 4096): the most asked
+// for per read from the socket (a frame larger than that is read straight into place). Reads of
+// up to 16 KiB go through the stack, so no buffer is kept between them. `write`, 0 ..= 16 MiB: bytes batched
+// before a write (default 0: each message is written at once).
 hb_status hb_config_set_buffer_sizes(hb_config *config, size_t read, size_t write);
 
 // Bound on messages accepted while OPEN and not yet written: at most `messages` (≥ 1) and

@@ -20,18 +20,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
-use futures_util::{SinkExt, StreamExt};
-use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
-use tokio_tungstenite::tungstenite::{Bytes, Message};
+use tokio::time::{Instant, Sleep};
 
 use crate::backoff::{Decision, Reconnect};
 use crate::config::{Config, HeartbeatMode, LogLevel};
 use crate::connect::{self, ConnectError, Socket, Target, UrlError};
 use crate::heartbeat::{Heartbeat, Pong, Tick};
 use crate::runtime::{self, RuntimeError};
+use crate::wire::{In, WireError, OP_BINARY, OP_PING, OP_TEXT};
 
 /// Connection state as the host sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,7 +236,7 @@ fn bump(c: &AtomicU64, by: u64) {
 
 struct Inner {
     state: State,
-    queue: VecDeque<Message>,
+    queue: VecDeque<Out>,
     queued_bytes: usize,
     close_requested: bool,
     /// The task has ended (or is ending): nothing more is accepted.
@@ -255,9 +251,7 @@ enum Turn {
     /// The server's text ping was read: answer it.
     ServerPing,
     ServerClosed(Box<Outcome>),
-    ReadError(Box<WsError>),
-    /// EOF.
-    Lost,
+    ReadError(Box<WireError>),
     Timer,
     Wake,
 }
@@ -328,12 +322,10 @@ impl Shared {
     }
 }
 
-fn payload_len(m: &Message) -> usize {
-    match m {
-        Message::Text(t) => t.len(),
-        Message::Binary(b) => b.len(),
-        _ => 0,
-    }
+/// A message the host handed over, waiting to be written.
+struct Out {
+    data: Box<[u8]>,
+    binary: bool,
 }
 
 /// A running client. Cheap to clone; all clones are the same client.
@@ -416,17 +408,21 @@ impl Client {
 
     /// Queues a text message. Never blocks beyond a short lock.
     pub fn send_text(&self, text: &str) -> Result<(), SendError> {
-        self.send(text.len(), || {
-            Message::Text(Utf8Bytes::from(text.to_owned()))
+        self.send(text.len(), || Out {
+            data: text.as_bytes().into(),
+            binary: false,
         })
     }
 
     /// Queues a binary message. Never blocks beyond a short lock.
     pub fn send_binary(&self, data: &[u8]) -> Result<(), SendError> {
-        self.send(data.len(), || Message::Binary(Bytes::copy_from_slice(data)))
+        self.send(data.len(), || Out {
+            data: data.into(),
+            binary: true,
+        })
     }
 
-    fn send(&self, len: usize, make: impl FnOnce() -> Message) -> Result<(), SendError> {
+    fn send(&self, len: usize, make: impl FnOnce() -> Out) -> Result<(), SendError> {
         let cfg = &self.shared.cfg;
         if len > cfg.max_message_size {
             return Err(SendError::TooBig);
@@ -585,12 +581,15 @@ const FLUSH_BATCH: usize = 64;
 /// an outage, is freed, so a client's memory returns to its resting size.
 const QUEUE_KEEP: usize = 16;
 
-/// Writes one message, bounded by `deadline`. A write that cannot complete by then (the peer
+/// Writes one frame, bounded by `deadline`. A write that cannot complete by then (the peer
 /// stopped draining its socket: a black-holed link) ends the connection as a heartbeat timeout,
 /// so a full send buffer can never delay the verdict past the heartbeat's bound.
-fn write(ws: &mut Socket, msg: Message, deadline: Instant) -> Write<'_> {
+fn write<'a>(ws: &'a mut Socket, op: u8, payload: &'a [u8], deadline: Instant) -> Write<'a> {
     Write {
-        send: ws.send(msg),
+        ws,
+        op,
+        payload,
+        started: false,
         deadline,
         timer: None,
     }
@@ -599,9 +598,12 @@ fn write(ws: &mut Socket, msg: Message, deadline: Instant) -> Write<'_> {
 /// The future of [`write`]: small, because it lives in every connection's task. Most writes
 /// complete on their first poll; only one that has to wait gets a (boxed) timer.
 struct Write<'a> {
-    send: futures_util::sink::Send<'a, Socket, Message>,
+    ws: &'a mut Socket,
+    op: u8,
+    payload: &'a [u8],
+    started: bool,
     deadline: Instant,
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Future for Write<'_> {
@@ -609,27 +611,66 @@ impl Future for Write<'_> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        match Pin::new(&mut this.send).poll(cx) {
-            Poll::Ready(Ok(())) => return Poll::Ready(Ok(())),
-            Poll::Ready(Err(e)) => {
-                return Poll::Ready(Err(Outcome::new(
-                    Reason::ConnectionLost,
-                    format!("write failed: {e}"),
-                )))
+        if !this.started {
+            match this.ws.poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    if let Err(e) = this.ws.start_send(cx, this.op, this.payload) {
+                        return Poll::Ready(Err(write_failed(e)));
+                    }
+                    this.started = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(write_failed(e))),
+                Poll::Pending => {}
             }
-            Poll::Pending => {}
         }
-        let deadline = this.deadline;
-        let timer = this
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(Outcome::new(
-                Reason::HeartbeatTimeout,
-                "write stalled until the heartbeat deadline: the peer stopped reading",
-            ))),
-            Poll::Pending => Poll::Pending,
+        if this.started {
+            match this.ws.poll_flush(cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(Ok(())),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(write_failed(e))),
+                Poll::Pending => {}
+            }
         }
+        stalled(&mut this.timer, this.deadline, cx)
+    }
+}
+
+fn write_failed(e: std::io::Error) -> Outcome {
+    Outcome::new(Reason::ConnectionLost, format!("write failed: {e}"))
+}
+
+/// A write is waiting for the socket: pending until `deadline`, then the verdict. The timer is
+/// made (and boxed) only now, so writes that never wait cost none.
+fn stalled(
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    deadline: Instant,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), Outcome>> {
+    let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+    match timer.as_mut().poll(cx) {
+        Poll::Ready(()) => Poll::Ready(Err(Outcome::new(
+            Reason::HeartbeatTimeout,
+            "write stalled until the heartbeat deadline: the peer stopped reading",
+        ))),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+/// Sends our Close with `code` and flushes it.
+async fn send_close(ws: &mut Socket, code: u16) -> std::io::Result<()> {
+    std::future::poll_fn(|cx| {
+        std::task::ready!(ws.poll_ready(cx))?;
+        ws.start_close(cx, code)?;
+        ws.poll_flush(cx)
+    })
+    .await
+}
+
+/// The frame of heartbeat ping number `n`: the configured text, or a Ping frame carrying `n`
+/// (whose bytes `num` holds).
+fn ping_frame<'a>(cfg: &'a Config, num: &'a [u8; 8]) -> (u8, &'a [u8]) {
+    match cfg.heartbeat_mode {
+        HeartbeatMode::Text => (OP_TEXT, cfg.ping_text.as_bytes()),
+        HeartbeatMode::Protocol => (OP_PING, num),
     }
 }
 
@@ -888,18 +929,16 @@ impl Task {
                 // message, so a flood of frames holds off neither the heartbeat's verdict nor the
                 // host's messages.
                 biased;
-                msg = ws.next() => {
+                // The message is handled where it was read, borrowed from the bytes read.
+                read = std::future::poll_fn(|cx| ws.poll_recv(cx, |m| {
                     shared.wake.running();
-                    match msg {
-                        Some(Ok(m)) => match self.inbound(&mut hb, &mut proved, m) {
-                            Ok(false) => Turn::Read,
-                            Ok(true) => Turn::ServerPing,
-                            Err(o) => Turn::ServerClosed(Box::new(o)),
-                        },
-                        Some(Err(e)) => Turn::ReadError(Box::new(e)),
-                        None => Turn::Lost,
-                    }
-                }
+                    self.inbound(&mut hb, &mut proved, m)
+                })) => match read {
+                    Ok(Ok(false)) => Turn::Read,
+                    Ok(Ok(true)) => Turn::ServerPing,
+                    Ok(Err(o)) => Turn::ServerClosed(Box::new(o)),
+                    Err(e) => Turn::ReadError(Box::new(e)),
+                },
                 () = &mut sleep => Turn::Timer,
                 () = shared.wake.wait() => Turn::Wake,
             };
@@ -912,18 +951,14 @@ impl Task {
                     true
                 }
                 Turn::ServerClosed(o) => {
-                    // tungstenite queued our answer to the server's Close; send it.
-                    let flush = tokio::time::timeout(self.cfg.close_timeout, ws.flush());
-                    let _ = Box::pin(flush).await;
+                    // Our answer to the server's Close is queued; send it.
+                    let flush = std::future::poll_fn(|cx| ws.poll_flush(cx));
+                    let _ = Box::pin(tokio::time::timeout(self.cfg.close_timeout, flush)).await;
                     return self.lost(*o);
                 }
                 Turn::ReadError(e) => {
                     let o = Box::pin(self.read_error(ws, &mut hb, *e)).await;
                     return self.lost(o);
-                }
-                Turn::Lost => {
-                    let detail = "connection closed by the server (EOF)";
-                    return self.lost(Outcome::new(Reason::ConnectionLost, detail));
                 }
                 Turn::Timer => {
                     if let Some(o) = self.on_timer(ws, &mut hb, &mut proved, stable_at).await {
@@ -1036,9 +1071,9 @@ impl Task {
         };
         if send_ping {
             bump(&self.shared.counters.pings_sent, 1);
-            // Built per ping (a small allocation every interval) rather than kept in every task.
-            let ping = self.ping_message(hb.last_ping());
-            write(ws, ping, hb.dead_by()).await?;
+            let num = hb.last_ping().to_be_bytes();
+            let (op, payload) = ping_frame(&self.cfg, &num);
+            write(ws, op, payload, hb.dead_by()).await?;
         }
         Ok(())
     }
@@ -1050,12 +1085,12 @@ impl Task {
         &mut self,
         hb: &mut Heartbeat,
         proved: &mut bool,
-        msg: Message,
+        msg: In<'_>,
     ) -> Result<bool, Outcome> {
         let now = Instant::now();
         let c = &self.shared.counters;
-        let pong = match &msg {
-            Message::Text(t) if t.as_str() == self.cfg.ping_text => return Ok(true),
+        let pong = match msg {
+            In::Text(t) if t == self.cfg.ping_text => return Ok(true),
             _ => self.as_pong(hb, now, &msg),
         };
         if let Some(pong) = pong {
@@ -1079,7 +1114,7 @@ impl Task {
                 self.reconnect.on_proof();
             }
             if self.cfg.deliver_heartbeats {
-                if let Message::Text(t) = &msg {
+                if let In::Text(t) = msg {
                     self.deliver(false, t.as_bytes());
                 }
             }
@@ -1087,29 +1122,27 @@ impl Task {
         }
         hb.on_inbound(now);
         match msg {
-            Message::Text(t) => self.deliver(false, t.as_bytes()),
-            Message::Binary(b) => self.deliver(true, &b),
-            Message::Ping(_) => {
-                // tungstenite queued the Pong; it goes out on the next read, which is immediate.
+            In::Text(t) => self.deliver(false, t.as_bytes()),
+            In::Binary(b) => self.deliver(true, b),
+            In::Ping(_) => {
+                // The wire queued the Pong; it goes out on the next read, which is immediate.
                 bump(&self.shared.counters.server_pings_answered, 1);
                 self.emit(&Event::Heartbeat(HeartbeatEvent::ServerPing {
                     protocol: true,
                 }));
             }
-            Message::Close(frame) => {
-                let (code, reason) = frame
-                    .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
-                    .unwrap_or((1005, String::new()));
+            In::Close(frame) => {
+                let (code, reason) = frame.unwrap_or((1005, ""));
                 let fatal = self.cfg.fatal_close_codes.contains(&code);
                 let detail = format!("server closed with {code} {reason:?}");
-                // tungstenite has queued the answer to the Close; the session flushes it.
+                // The wire has queued the answer to the Close; the session flushes it.
                 return Err(Outcome {
                     close_code: code,
                     fatal,
                     ..Outcome::new(Reason::ServerClose, detail)
                 });
             }
-            Message::Pong(_) | Message::Frame(_) => {}
+            In::Pong(_) => {}
         }
         Ok(false)
     }
@@ -1120,8 +1153,8 @@ impl Task {
         ws: &mut Socket,
         hb: &mut Heartbeat,
     ) -> Result<(), Outcome> {
-        let pong = Message::Text(Utf8Bytes::from(self.cfg.pong_text.clone()));
-        write(ws, pong, hb.dead_by()).await?;
+        let cfg = &self.cfg;
+        write(ws, OP_TEXT, cfg.pong_text.as_bytes(), hb.dead_by()).await?;
         bump(&self.shared.counters.server_pings_answered, 1);
         hb.on_inbound(Instant::now());
         self.emit(&Event::Heartbeat(HeartbeatEvent::ServerPing {
@@ -1142,99 +1175,103 @@ impl Task {
     }
 
     /// Maps a read error to an outcome, telling the server why where the protocol says so.
-    async fn read_error(&mut self, ws: &mut Socket, hb: &mut Heartbeat, e: WsError) -> Outcome {
-        let (reason, code, detail) = match &e {
-            WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => (
+    async fn read_error(&mut self, ws: &mut Socket, hb: &mut Heartbeat, e: WireError) -> Outcome {
+        let (reason, code, detail) = match e {
+            WireError::TooBig { size, max } => (
                 Reason::MessageTooBig,
-                Some(CloseCode::Size),
-                format!("inbound message of {size} bytes exceeds max_message_size {max_size}"),
+                Some(1009),
+                format!("inbound message of {size} bytes exceeds max_message_size {max}"),
             ),
-            WsError::Capacity(c) => (Reason::MessageTooBig, Some(CloseCode::Size), c.to_string()),
-            WsError::Utf8(m) => (
+            WireError::Utf8 => (
                 Reason::ProtocolError,
-                Some(CloseCode::Invalid),
-                format!("invalid UTF-8 in a text message: {m}"),
+                Some(1007),
+                "invalid UTF-8 in a text message".into(),
             ),
-            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => (
+            WireError::Reset => (
                 Reason::ConnectionLost,
                 None,
                 "connection closed by the server without a close frame (EOF)".into(),
             ),
-            WsError::Protocol(p) => (
-                Reason::ProtocolError,
-                Some(CloseCode::Protocol),
-                p.to_string(),
-            ),
-            other => (
+            WireError::Protocol(p) => (Reason::ProtocolError, Some(1002), p.to_string()),
+            WireError::Io(e) => (
                 Reason::ConnectionLost,
                 None,
-                format!("connection lost: {other}"),
+                format!("connection lost: {e}"),
             ),
+            WireError::Closed => (Reason::ConnectionLost, None, "connection closed".into()),
         };
         if let Some(code) = code {
             // What the host already handed us goes out before our Close (a reply to the message
             // just before the bad frame, say), bounded like a close handshake.
             let deadline = Instant::now() + self.cfg.close_timeout;
             self.flush_all(ws, hb, deadline).await;
-            let frame = CloseFrame {
-                code,
-                reason: Utf8Bytes::from_static(""),
-            };
-            let _ = tokio::time::timeout_at(deadline, ws.close(Some(frame))).await;
+            let _ = tokio::time::timeout_at(deadline, send_close(ws, code)).await;
         }
         Outcome {
-            close_code: code.map_or(0, u16::from),
+            close_code: code.unwrap_or(0),
             ..Outcome::new(reason, detail)
         }
     }
 
-    /// Writes up to a batch of queued messages, in order. A message leaves the queue only once
-    /// it is fully written, so a write that fails (or is cancelled by a timeout around this) leaves
-    /// it at the front, to be sent whole on the next connection.
-    /// Writes that cannot finish by `deadline` end the connection (see [`write`]).
+    /// Writes up to a batch of queued messages, in order. A message leaves the queue when the
+    /// socket takes it (what the socket does not take at once is kept by the wire and written
+    /// before anything else); one the wire refuses (the link failed) goes back to the front, to
+    /// be sent whole on the next connection. Writes that cannot finish by `deadline` end the
+    /// connection (see [`write`]).
     async fn flush_queue(
         &mut self,
         ws: &mut Socket,
         hb: &mut Heartbeat,
         deadline: Instant,
     ) -> Result<(), Outcome> {
-        for _ in 0..FLUSH_BATCH {
-            // Scoped so that only the write's own future is kept across the await.
-            let (len, host_ping, write) = {
-                let msg = {
-                    let mut g = self.shared.lock();
-                    let next = g.queue.front().cloned();
-                    if next.is_none() && g.queue.capacity() > QUEUE_KEEP {
-                        // Drained after a burst or an outage: give the high-water mark back.
-                        g.queue = VecDeque::new();
-                    }
-                    next
-                };
-                let Some(msg) = msg else {
-                    return Ok(());
-                };
-                let len = payload_len(&msg);
-                // The host's own text `ping` is answered by the server like ours (Text mode).
-                let host_ping = self.cfg.heartbeat_mode == HeartbeatMode::Text
-                    && matches!(&msg, Message::Text(t) if t.as_str() == self.cfg.ping_text);
-                (len, host_ping, write(ws, msg, deadline))
+        let mut timer = None;
+        let mut batch = 0;
+        let host_pings = self.cfg.heartbeat_mode == HeartbeatMode::Text;
+        std::future::poll_fn(|cx| loop {
+            match ws.poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(write_failed(e))),
+                Poll::Pending => return stalled(&mut timer, deadline, cx),
+            }
+            let msg = if batch < FLUSH_BATCH {
+                let mut g = self.shared.lock();
+                let next = g.queue.pop_front();
+                match &next {
+                    Some(m) => g.queued_bytes -= m.data.len(),
+                    // Drained after a burst or an outage: give the high-water mark back.
+                    None if g.queue.capacity() > QUEUE_KEEP => g.queue = VecDeque::new(),
+                    None => {}
+                }
+                next
+            } else {
+                // More left: come back after a turn of reading and ticking.
+                self.shared.wake.wake();
+                None
             };
-            write.await?;
+            let Some(msg) = msg else {
+                return match ws.poll_flush(cx) {
+                    Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(write_failed(e))),
+                    Poll::Pending => stalled(&mut timer, deadline, cx),
+                };
+            };
+            let op = if msg.binary { OP_BINARY } else { OP_TEXT };
+            if let Err(e) = ws.start_send(cx, op, &msg.data) {
+                let mut g = self.shared.lock();
+                g.queued_bytes += msg.data.len();
+                g.queue.push_front(msg);
+                return Poll::Ready(Err(write_failed(e)));
+            }
+            batch += 1;
             self.written += 1;
-            if host_ping {
+            // The host's own text `ping` is answered by the server like ours (Text mode).
+            if host_pings && !msg.binary && *msg.data == *self.cfg.ping_text.as_bytes() {
                 hb.extra_ping(Instant::now(), self.written);
             }
-            {
-                let mut g = self.shared.lock();
-                g.queue.pop_front();
-                g.queued_bytes -= len;
-            }
             bump(&self.shared.counters.messages_sent, 1);
-            bump(&self.shared.counters.bytes_sent, len as u64);
-        }
-        // More left: come back after a turn of reading and ticking.
-        self.shared.wake.wake();
-        Ok(())
+            bump(&self.shared.counters.bytes_sent, msg.data.len() as u64);
+        })
+        .await
     }
 
     /// Writes the whole queue, each write bounded by `deadline`. False if a write failed (what
@@ -1265,66 +1302,59 @@ impl Task {
             // A ping after the last message: its pong confirms everything written. (The server's
             // Close cannot: one it sent on its own may cross ours, after it stopped reading.)
             if self.written > self.settled {
-                let n = hb.extra_ping(Instant::now(), self.written);
-                if write(ws, self.ping_message(n), deadline).await.is_err() {
+                let num = hb.extra_ping(Instant::now(), self.written).to_be_bytes();
+                let (op, payload) = ping_frame(&self.cfg, &num);
+                if write(ws, op, payload, deadline).await.is_err() {
                     return;
                 }
                 while self.settled < self.written {
-                    match ws.next().await {
-                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
-                        Some(Ok(m)) => self.while_closing(hb, m),
+                    let read =
+                        std::future::poll_fn(|cx| ws.poll_recv(cx, |m| self.while_closing(hb, m)));
+                    if !matches!(read.await, Ok(false)) {
+                        return;
                     }
                 }
             }
-            let frame = CloseFrame {
-                code: CloseCode::Normal,
-                reason: Utf8Bytes::from_static(""),
-            };
-            if ws.close(Some(frame)).await.is_err() {
+            if send_close(ws, 1000).await.is_err() {
                 return;
             }
             // Until the server's Close (or EOF); data arriving meanwhile is still delivered.
-            while let Some(Ok(m)) = ws.next().await {
-                self.while_closing(hb, m);
+            loop {
+                let read =
+                    std::future::poll_fn(|cx| ws.poll_recv(cx, |m| self.while_closing(hb, m)));
+                if !matches!(read.await, Ok(false)) {
+                    break;
+                }
             }
         })
         .await;
         Outcome::new(Reason::UserClose, "closed by the host")
     }
 
-    /// A message read while closing: a pong confirms what it answers; data is delivered.
-    fn while_closing(&mut self, hb: &mut Heartbeat, m: Message) {
+    /// A message read while closing: a pong confirms what it answers; data is delivered. True
+    /// for the server's Close.
+    fn while_closing(&mut self, hb: &mut Heartbeat, m: In<'_>) -> bool {
         if let Some(pong) = self.as_pong(hb, Instant::now(), &m) {
             if let Some(mark) = pong.mark {
                 self.settle(mark, Delivery::Confirmed);
             }
-            return;
+            return false;
         }
         match m {
-            Message::Text(t) if t.as_str() != self.cfg.ping_text => {
-                self.deliver(false, t.as_bytes())
-            }
-            Message::Binary(b) => self.deliver(true, &b),
+            In::Text(t) if t != self.cfg.ping_text => self.deliver(false, t.as_bytes()),
+            In::Binary(b) => self.deliver(true, b),
+            In::Close(_) => return true,
             _ => {}
         }
-    }
-
-    /// A heartbeat ping: the configured text, or a Ping frame carrying ping number `n`.
-    fn ping_message(&self, n: u64) -> Message {
-        match self.cfg.heartbeat_mode {
-            HeartbeatMode::Text => Message::Text(Utf8Bytes::from(self.cfg.ping_text.clone())),
-            HeartbeatMode::Protocol => Message::Ping(Bytes::copy_from_slice(&n.to_be_bytes())),
-        }
+        false
     }
 
     /// If `m` answers our pings (a text pong in Text mode, a Pong frame echoing one of our ping
     /// numbers in Protocol mode), records it and says what it answered.
-    fn as_pong(&self, hb: &mut Heartbeat, now: Instant, m: &Message) -> Option<Pong> {
+    fn as_pong(&self, hb: &mut Heartbeat, now: Instant, m: &In<'_>) -> Option<Pong> {
         match (self.cfg.heartbeat_mode, m) {
-            (HeartbeatMode::Text, Message::Text(t)) if t.as_str() == self.cfg.pong_text => {
-                Some(hb.on_pong(now))
-            }
-            (HeartbeatMode::Protocol, Message::Pong(p)) => hb.on_protocol_pong(now, p),
+            (HeartbeatMode::Text, In::Text(t)) if *t == self.cfg.pong_text => Some(hb.on_pong(now)),
+            (HeartbeatMode::Protocol, In::Pong(p)) => hb.on_protocol_pong(now, p),
             _ => None,
         }
     }

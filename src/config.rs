@@ -66,7 +66,10 @@ pub struct Config {
     pub fatal_close_codes: Vec<u16>,
     // Messages and buffers.
     pub max_message_size: usize,
+    /// Most bytes asked for per read from the socket (a larger frame is read straight into
+    /// place). Up to 16 KiB, reads go through the stack and nothing is kept between them.
     pub read_buffer_size: usize,
+    /// Bytes batched before a write; 0 writes each frame at once.
     pub write_buffer_size: usize,
     /// Bound on messages accepted while OPEN and not yet written.
     pub send_queue_messages: usize,
@@ -104,7 +107,7 @@ impl Default for Config {
             max_message_size: 1 << 20,
             // Held by every idle connection, so small; a frame larger than it is read into a
             // buffer reserved for the whole frame, in reads of this size.
-            read_buffer_size: 512,
+            read_buffer_size: 4096,
             write_buffer_size: 0,
             send_queue_messages: 1024,
             send_queue_bytes: 4 << 20,
@@ -192,18 +195,6 @@ impl Config {
             return Err("send queue bounds must be at least 1".into());
         }
         Ok(())
-    }
-
-    /// The tungstenite framing configuration derived from ours.
-    pub(crate) fn websocket_config(
-        &self,
-    ) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-            .read_buffer_size(self.read_buffer_size)
-            .write_buffer_size(self.write_buffer_size)
-            .max_write_buffer_size(usize::MAX)
-            .max_message_size(Some(self.max_message_size))
-            .max_frame_size(Some(self.max_message_size))
     }
 }
 

@@ -12,17 +12,16 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::handshake::client::generate_key;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::WebSocketStream;
+use tungstenite::handshake::client::generate_key;
+use tungstenite::handshake::derive_accept_key;
 
 use crate::config::Config;
+use crate::wire::Wire;
 
 /// The transport a connection runs on. A TLS stream joins this when `wss://` lands.
 pub type Transport = TcpStream;
 /// An open WebSocket on our transport.
-pub type Socket = WebSocketStream<Transport>;
+pub type Socket = Wire<Transport>;
 
 /// A parsed and checked `ws://` URL.
 #[derive(Clone, PartialEq, Eq)]
@@ -285,11 +284,21 @@ async fn upgrade(
         let Some(header_len) = parse_response(&buf, &key)? else {
             continue;
         };
-        let rest = buf.split_off(header_len);
+        // What followed the headers is the start of the first frames.
+        let rest = if header_len < buf.len() {
+            buf[header_len..].to_vec()
+        } else {
+            Vec::new()
+        };
         drop(buf);
-        let ws_cfg = cfg.websocket_config();
+        let ws = Wire::new(
+            tcp,
+            rest,
+            cfg.max_message_size,
+            cfg.read_buffer_size,
+            cfg.write_buffer_size,
+        );
         // Boxed: the socket then lives once on the heap, not in every future that holds it.
-        let ws = WebSocketStream::from_partially_read(tcp, rest, Role::Client, Some(ws_cfg)).await;
         return Ok(Box::new(ws));
     }
 }

@@ -1,6 +1,7 @@
 //! hbws: a WebSocket client that keeps itself alive, with a C ABI.
 //!
-//! The safe core ([`client`], [`heartbeat`], [`backoff`], [`connect`], [`config`], [`runtime`])
+//! The safe core ([`client`], [`heartbeat`], [`backoff`], [`connect`], [`config`], [`runtime`],
+//! [`wire`])
 //! has no raw pointers; [`ffi`] is the thin C boundary, one file per C object. The header
 //! `include/hbws.h` is generated from [`ffi`] by cbindgen in `build.rs`.
 
@@ -11,6 +12,7 @@ pub mod connect;
 pub mod ffi;
 pub mod heartbeat;
 pub mod runtime;
+pub mod wire;
 
 pub use client::{
     Client, Delivery, Event, EventSink, HeartbeatEvent, Reason, SendError, State, StateChange,

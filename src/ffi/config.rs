@@ -361,9 +361,10 @@ pub extern "C" fn hb_config_set_max_message_size(
     })
 }
 
-/// Socket buffer sizes per connection: read 256 B ..= 16 MiB (default 512; a larger message
-/// grows it as needed), write 0 ..= 16 MiB (bytes batched before a write; default 0: write each
-/// message at once).
+/// Read and write sizes per connection. `read`, 256 B ..= 16 MiB (default 4096): the most asked
+/// for per read from the socket (a frame larger than that is read straight into place). Reads of
+/// up to 16 KiB go through the stack, so no buffer is kept between them. `write`, 0 ..= 16 MiB: bytes batched
+/// before a write (default 0: each message is written at once).
 #[no_mangle]
 pub extern "C" fn hb_config_set_buffer_sizes(
     config: *mut hb_config,

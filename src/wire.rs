@@ -1,0 +1,935 @@
+//! The WebSocket framing (RFC 6455) of one client connection, over any byte stream.
+//!
+//! Why our own and not tokio-tungstenite's `WebSocketStream` (which the first versions used):
+//! per connection at rest, this keeps no buffer at all (received bytes are read into a buffer on
+//! the stack and parsed there; a frame is encoded on the stack and written straight to the
+//! socket; only what a read or a write leaves over goes to the heap, freed once used), and per
+//! message it neither zero-fills a read buffer nor allocates: a message reaches the host as a
+//! slice of the bytes read. That is about half of the library's memory per idle connection and a
+//! quarter of its instructions per echo (`BENCHMARKS.md`). The handshake (`connect.rs`) still uses
+//! tungstenite's key helpers, and the Autobahn suite (`conformance/`) checks this code.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Frame opcodes.
+pub const OP_CONTINUATION: u8 = 0x0;
+pub const OP_TEXT: u8 = 0x1;
+pub const OP_BINARY: u8 = 0x2;
+pub const OP_CLOSE: u8 = 0x8;
+pub const OP_PING: u8 = 0x9;
+pub const OP_PONG: u8 = 0xA;
+
+/// Largest read into the stack (when nothing is carried over); a larger `read_size` reads into
+/// the heap buffer instead.
+const STACK_READ: usize = 16 * 1024;
+/// Frames up to this size are encoded on the stack and written straight to the socket.
+const STACK_WRITE: usize = 1024;
+/// Largest frame header: 2 bytes, 8 of extended length, 4 of mask.
+const MAX_HEADER: usize = 14;
+
+/// One message or control frame received, borrowed from the bytes read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum In<'a> {
+    Text(&'a str),
+    Binary(&'a [u8]),
+    /// Already answered: its Pong is queued and goes out before the next read.
+    Ping(&'a [u8]),
+    Pong(&'a [u8]),
+    /// The server's Close (code and reason; `None` without a code). Already answered if the
+    /// server started the close; nothing more is read after it.
+    Close(Option<(u16, &'a str)>),
+}
+
+/// Why reading or writing failed.
+#[derive(Debug)]
+pub enum WireError {
+    Io(io::Error),
+    /// The server closed TCP without a close handshake.
+    Reset,
+    /// The close handshake is over; nothing more to read.
+    Closed,
+    /// The server broke the protocol.
+    Protocol(&'static str),
+    /// A message larger than `max_message_size`.
+    TooBig {
+        size: u64,
+        max: usize,
+    },
+    /// A text message that is not UTF-8.
+    Utf8,
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WireError::Io(e) => write!(f, "{e}"),
+            WireError::Reset => f.write_str("connection closed without a close handshake"),
+            WireError::Closed => f.write_str("connection closed"),
+            WireError::Protocol(p) => write!(f, "protocol error: {p}"),
+            WireError::TooBig { size, max } => {
+                write!(f, "message of {size} bytes exceeds the limit of {max}")
+            }
+            WireError::Utf8 => f.write_str("invalid UTF-8 in a text message"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Closing {
+    Open,
+    /// We sent Close; the server's answer is awaited.
+    Sent,
+    /// The server sent Close (and was answered, or answered ours). Nothing more is read.
+    Received,
+}
+
+/// A parsed frame header.
+#[derive(Clone, Copy, Debug)]
+struct Header {
+    fin: bool,
+    op: u8,
+    /// Header bytes.
+    len: usize,
+    /// Payload bytes.
+    payload: usize,
+}
+
+/// Parses a frame header from the start of `buf`. `Ok(None)`: incomplete.
+fn parse_header(buf: &[u8], max: usize) -> Result<Option<Header>, WireError> {
+    let [b0, b1, ..] = *buf else {
+        return Ok(None);
+    };
+    if b0 & 0x70 != 0 {
+        return Err(WireError::Protocol(
+            "reserved bits set without an extension",
+        ));
+    }
+    if b1 & 0x80 != 0 {
+        return Err(WireError::Protocol("masked frame from the server"));
+    }
+    let fin = b0 & 0x80 != 0;
+    let op = b0 & 0x0F;
+    let (len, payload) = match b1 & 0x7F {
+        126 => {
+            let Some(b) = buf.get(2..4) else {
+                return Ok(None);
+            };
+            (4, u64::from(u16::from_be_bytes([b[0], b[1]])))
+        }
+        127 => {
+            let Some(b) = buf.get(2..10) else {
+                return Ok(None);
+            };
+            let n = u64::from_be_bytes(b.try_into().expect("8 bytes"));
+            if n >> 63 != 0 {
+                return Err(WireError::Protocol("frame length has its top bit set"));
+            }
+            (10, n)
+        }
+        n => (2, u64::from(n)),
+    };
+    match op {
+        OP_CLOSE | OP_PING | OP_PONG => {
+            if !fin {
+                return Err(WireError::Protocol("fragmented control frame"));
+            }
+            if payload > 125 {
+                return Err(WireError::Protocol("control frame longer than 125 bytes"));
+            }
+        }
+        OP_CONTINUATION | OP_TEXT | OP_BINARY => {
+            if payload > max as u64 {
+                return Err(WireError::TooBig { size: payload, max });
+            }
+        }
+        _ => return Err(WireError::Protocol("reserved opcode")),
+    }
+    Ok(Some(Header {
+        fin,
+        op,
+        len,
+        payload: payload as usize,
+    }))
+}
+
+/// Close codes a peer may send (RFC 6455 §7.4, plus 1012/1013 from the IANA registry).
+fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1013 | 3000..=4999)
+}
+
+/// XORs `data` with the 4-byte mask `key`, starting at mask offset 0.
+fn mask(data: &mut [u8], key: [u8; 4]) {
+    let wide = u64::from_ne_bytes([
+        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
+    ]);
+    let mut chunks = data.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let v = u64::from_ne_bytes(c.try_into().expect("8 bytes")) ^ wide;
+        c.copy_from_slice(&v.to_ne_bytes());
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= key[i & 3];
+    }
+}
+
+/// Writes a masked frame header for `payload_len` bytes into `out`; returns its length.
+fn encode_header(out: &mut [u8; MAX_HEADER], op: u8, payload_len: usize, key: [u8; 4]) -> usize {
+    out[0] = 0x80 | op;
+    let n = if payload_len < 126 {
+        out[1] = 0x80 | payload_len as u8;
+        2
+    } else if payload_len <= usize::from(u16::MAX) {
+        out[1] = 0x80 | 126;
+        out[2..4].copy_from_slice(&(payload_len as u16).to_be_bytes());
+        4
+    } else {
+        out[1] = 0x80 | 127;
+        out[2..10].copy_from_slice(&(payload_len as u64).to_be_bytes());
+        10
+    };
+    out[n..n + 4].copy_from_slice(&key);
+    n + 4
+}
+
+/// Everything but the stream and the received bytes: what a frame's handling changes.
+struct State {
+    /// A fragmented message being assembled (opcode, bytes, how many are known to be UTF-8).
+    msg_op: u8,
+    msg: Vec<u8>,
+    msg_utf8: usize,
+    /// Bytes to write: `tx[tx_pos..]`. Empty (unallocated) at rest.
+    tx: Vec<u8>,
+    tx_pos: usize,
+    /// Where an unsent Pong starts in `tx`: a newer Ping's answer replaces it (RFC 6455 §5.5.3).
+    pong_at: Option<usize>,
+    closing: Closing,
+    max_message: usize,
+    /// Frames are gathered in `tx` until it holds this many bytes (0: each is written at once).
+    write_batch: usize,
+}
+
+impl State {
+    /// Appends a masked frame to `tx`.
+    fn queue(&mut self, op: u8, payload: &[u8]) {
+        let mut head = [0u8; MAX_HEADER];
+        let n = encode_header(&mut head, op, payload.len(), mask_key());
+        self.tx.reserve(n + payload.len());
+        self.tx.extend_from_slice(&head[..n]);
+        let start = self.tx.len();
+        self.tx.extend_from_slice(payload);
+        mask(
+            &mut self.tx[start..],
+            head[n - 4..n].try_into().expect("4 bytes"),
+        );
+    }
+
+    /// Handles one complete frame. `Some`: `f` was called with what it carried (a data message
+    /// once complete, or a control frame); `None`: a fragment was kept, `f` is left.
+    fn frame<T, F: FnOnce(In<'_>) -> T>(
+        &mut self,
+        h: Header,
+        payload: &[u8],
+        f: &mut Option<F>,
+    ) -> Result<Option<T>, WireError> {
+        fn call<T, F: FnOnce(In<'_>) -> T>(f: &mut Option<F>, m: In<'_>) -> Option<T> {
+            Some((f
+                .take()
+                .expect("a frame is handed over at most once per poll"))(
+                m
+            ))
+        }
+        match h.op {
+            OP_PING => {
+                if self.closing == Closing::Open {
+                    if let Some(at) = self.pong_at {
+                        self.tx.truncate(at);
+                    }
+                    self.pong_at = Some(self.tx.len());
+                    self.queue(OP_PONG, payload);
+                }
+                Ok(call(f, In::Ping(payload)))
+            }
+            OP_PONG => Ok(call(f, In::Pong(payload))),
+            OP_CLOSE => {
+                let close = match payload {
+                    [] => None,
+                    [_] => return Err(WireError::Protocol("close frame of one byte")),
+                    [a, b, reason @ ..] => {
+                        let code = u16::from_be_bytes([*a, *b]);
+                        let Ok(reason) = std::str::from_utf8(reason) else {
+                            return Err(WireError::Protocol("close reason is not UTF-8"));
+                        };
+                        Some((code, reason))
+                    }
+                };
+                if self.closing == Closing::Open {
+                    // Answered with its code (one not allowed on the wire, with 1002).
+                    self.pong_at = None;
+                    match close {
+                        None => self.queue(OP_CLOSE, &[]),
+                        Some((code, _)) if !close_code_allowed(code) => {
+                            self.queue(OP_CLOSE, &1002u16.to_be_bytes())
+                        }
+                        Some((code, _)) => self.queue(OP_CLOSE, &code.to_be_bytes()),
+                    }
+                }
+                self.closing = Closing::Received;
+                Ok(call(f, In::Close(close)))
+            }
+            op => {
+                // Data: a whole message, or a fragment of one.
+                if op == OP_CONTINUATION {
+                    if self.msg_op == 0 {
+                        return Err(WireError::Protocol("continuation without a message"));
+                    }
+                } else if self.msg_op != 0 {
+                    return Err(WireError::Protocol("new message inside a fragmented one"));
+                }
+                if op != OP_CONTINUATION && h.fin {
+                    // The common case: a whole message in one frame, handed over in place.
+                    return Ok(if op == OP_TEXT {
+                        let Ok(text) = std::str::from_utf8(payload) else {
+                            return Err(WireError::Utf8);
+                        };
+                        call(f, In::Text(text))
+                    } else {
+                        call(f, In::Binary(payload))
+                    });
+                }
+                let size = self.msg.len() as u64 + payload.len() as u64;
+                if size > self.max_message as u64 {
+                    return Err(WireError::TooBig {
+                        size,
+                        max: self.max_message,
+                    });
+                }
+                if op != OP_CONTINUATION {
+                    self.msg_op = op;
+                }
+                self.msg.extend_from_slice(payload);
+                if self.msg_op == OP_TEXT {
+                    // Checked as it arrives, so a bad fragment fails at once; a character split
+                    // across fragments waits for the rest.
+                    match std::str::from_utf8(&self.msg[self.msg_utf8..]) {
+                        Ok(_) => self.msg_utf8 = self.msg.len(),
+                        Err(e) if e.error_len().is_none() && !h.fin => {
+                            self.msg_utf8 += e.valid_up_to()
+                        }
+                        Err(_) => return Err(WireError::Utf8),
+                    }
+                }
+                if !h.fin {
+                    return Ok(None);
+                }
+                let msg = std::mem::take(&mut self.msg);
+                let op = std::mem::replace(&mut self.msg_op, 0);
+                self.msg_utf8 = 0;
+                Ok(if op == OP_TEXT {
+                    // Validated above, fragment by fragment.
+                    let text = std::str::from_utf8(&msg).map_err(|_| WireError::Utf8)?;
+                    call(f, In::Text(text))
+                } else {
+                    call(f, In::Binary(&msg))
+                })
+            }
+        }
+    }
+}
+
+/// A fresh masking key (RFC 6455 §5.3: from a strong source of entropy; rand's thread-local
+/// ChaCha generator, which tungstenite uses too).
+fn mask_key() -> [u8; 4] {
+    rand::random()
+}
+
+/// The framing of one client connection over `S`.
+pub struct Wire<S> {
+    io: S,
+    /// Bytes received but not yet parsed: `rx[rx_pos..]`. Empty (unallocated) at rest.
+    rx: Vec<u8>,
+    rx_pos: usize,
+    /// Bytes to ask for per read into `rx`.
+    read_size: usize,
+    st: State,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
+    /// `rest`: bytes already read after the handshake (the start of the first frames).
+    pub fn new(
+        io: S,
+        rest: Vec<u8>,
+        max_message: usize,
+        read_size: usize,
+        write_batch: usize,
+    ) -> Self {
+        Wire {
+            io,
+            rx: if rest.is_empty() { Vec::new() } else { rest },
+            rx_pos: 0,
+            read_size: read_size.max(MAX_HEADER),
+            st: State {
+                msg_op: 0,
+                msg: Vec::new(),
+                msg_utf8: 0,
+                tx: Vec::new(),
+                tx_pos: 0,
+                pong_at: None,
+                closing: Closing::Open,
+                max_message,
+                write_batch,
+            },
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
+    /// Reads until one message or control frame is complete and hands it to `f`, borrowed from
+    /// the bytes read. Answers to the server's Ping and Close are queued here and go out before
+    /// the next read (or write).
+    pub fn poll_recv<T, F: FnOnce(In<'_>) -> T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        f: F,
+    ) -> Poll<Result<T, WireError>> {
+        if self.st.closing == Closing::Received {
+            return Poll::Ready(Err(WireError::Closed));
+        }
+        if self.st.tx_pos < self.st.tx.len() {
+            // A pending write does not hold up reading.
+            if let Poll::Ready(Err(e)) = self.poll_drain(cx) {
+                return Poll::Ready(Err(WireError::Io(e)));
+            }
+        }
+        let mut f = Some(f);
+        loop {
+            if self.rx_pos < self.rx.len() {
+                // Bytes carried over from an earlier read.
+                let avail = &self.rx[self.rx_pos..];
+                let mut want = self.read_size;
+                if let Some(h) = parse_header(avail, self.st.max_message)? {
+                    let total = h.len + h.payload;
+                    if avail.len() >= total {
+                        let start = self.rx_pos;
+                        self.rx_pos += total;
+                        let out = self
+                            .st
+                            .frame(h, &self.rx[start + h.len..start + total], &mut f);
+                        if self.rx_pos == self.rx.len() {
+                            // All used: back to no buffer at rest.
+                            self.rx = Vec::new();
+                            self.rx_pos = 0;
+                        }
+                        match out? {
+                            Some(t) => return Poll::Ready(Ok(t)),
+                            None => continue,
+                        }
+                    }
+                    // Room for the rest of this frame, read straight into place.
+                    want = total - avail.len();
+                }
+                std::task::ready!(self.poll_fill(cx, want))?;
+                continue;
+            }
+            if self.read_size > STACK_READ {
+                std::task::ready!(self.poll_fill(cx, self.read_size))?;
+                continue;
+            }
+            // Nothing carried over: read into the stack, hand a whole frame over from there.
+            let mut stack = [MaybeUninit::<u8>::uninit(); STACK_READ];
+            let mut rb = ReadBuf::uninit(&mut stack[..self.read_size]);
+            std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))
+                .map_err(WireError::Io)?;
+            let got = rb.filled();
+            if got.is_empty() {
+                return Poll::Ready(Err(self.eof()));
+            }
+            if let Some(h) = parse_header(got, self.st.max_message)? {
+                let total = h.len + h.payload;
+                if got.len() >= total {
+                    if got.len() > total {
+                        self.rx.extend_from_slice(&got[total..]);
+                    }
+                    match self.st.frame(h, &got[h.len..total], &mut f)? {
+                        Some(t) => return Poll::Ready(Ok(t)),
+                        None => continue,
+                    }
+                }
+                self.rx.reserve_exact(total);
+            }
+            self.rx.extend_from_slice(got);
+        }
+    }
+
+    /// Reads at least one more byte into `rx` (room for `want` more is made first).
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<Result<(), WireError>> {
+        if self.rx_pos > 0 {
+            self.rx.drain(..self.rx_pos);
+            self.rx_pos = 0;
+        }
+        self.rx.reserve_exact(want);
+        let len = self.rx.len();
+        let mut rb = ReadBuf::uninit(self.rx.spare_capacity_mut());
+        std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb)).map_err(WireError::Io)?;
+        let n = rb.filled().len();
+        if n == 0 {
+            return Poll::Ready(Err(self.eof()));
+        }
+        // SAFETY: `poll_read` initialized the first `n` bytes of the spare capacity (ReadBuf's
+        // contract), so `len + n` bytes are initialized and within capacity.
+        unsafe { self.rx.set_len(len + n) };
+        Poll::Ready(Ok(()))
+    }
+
+    fn eof(&self) -> WireError {
+        if self.st.closing == Closing::Sent {
+            // After our Close, the server may end with TCP alone.
+            WireError::Closed
+        } else {
+            WireError::Reset
+        }
+    }
+
+    /// Ready when another frame may be started: what earlier frames left unwritten is written
+    /// (all of it, or in batching mode below the batch size).
+    pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let pending = self.st.tx.len() - self.st.tx_pos;
+        if pending != 0 && pending >= self.st.write_batch {
+            return self.poll_drain(cx);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Starts a data or ping frame: written to the socket at once where it takes it, the rest
+    /// kept to be written by [`poll_flush`](Self::poll_flush) or the next
+    /// [`poll_ready`](Self::poll_ready). Never waits; call after `poll_ready`.
+    pub fn start_send(&mut self, cx: &mut Context<'_>, op: u8, payload: &[u8]) -> io::Result<()> {
+        if self.st.closing != Closing::Open {
+            return Err(io::Error::other("the connection is closing"));
+        }
+        self.start(cx, op, payload)
+    }
+
+    /// Starts our Close (code `code`, no reason); the server's answer ends reading. Once only.
+    pub fn start_close(&mut self, cx: &mut Context<'_>, code: u16) -> io::Result<()> {
+        if self.st.closing != Closing::Open {
+            return Ok(());
+        }
+        self.st.pong_at = None;
+        self.start(cx, OP_CLOSE, &code.to_be_bytes())?;
+        self.st.closing = Closing::Sent;
+        Ok(())
+    }
+
+    fn start(&mut self, cx: &mut Context<'_>, op: u8, payload: &[u8]) -> io::Result<()> {
+        let st = &mut self.st;
+        if st.tx_pos < st.tx.len() || st.write_batch != 0 || payload.len() > STACK_WRITE {
+            st.queue(op, payload);
+            return Ok(());
+        }
+        // Encoded on the stack (no zero-fill) and written straight to the socket.
+        let mut stack = [MaybeUninit::<u8>::uninit(); MAX_HEADER + STACK_WRITE];
+        let mut frame = ReadBuf::uninit(&mut stack);
+        let mut head = [0u8; MAX_HEADER];
+        let key = mask_key();
+        let n = encode_header(&mut head, op, payload.len(), key);
+        frame.put_slice(&head[..n]);
+        frame.put_slice(payload);
+        let frame = frame.filled_mut();
+        mask(&mut frame[n..], key);
+        let written = match Pin::new(&mut self.io).poll_write(cx, frame) {
+            Poll::Ready(Ok(w)) => w,
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => 0,
+        };
+        if written < frame.len() {
+            st.tx.extend_from_slice(&frame[written..]);
+        }
+        Ok(())
+    }
+
+    /// Writes everything started, then flushes the stream.
+    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let st = &mut self.st;
+        while st.tx_pos < st.tx.len() {
+            let n = std::task::ready!(Pin::new(&mut self.io).poll_write(cx, &st.tx[st.tx_pos..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            st.tx_pos += n;
+            if st.pong_at.is_some_and(|at| at < st.tx_pos) {
+                st.pong_at = None;
+            }
+        }
+        if st.tx.capacity() != 0 {
+            // All written: back to no buffer at rest.
+            st.tx = Vec::new();
+            st.tx_pos = 0;
+            st.pong_at = None;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Bytes started but not yet written.
+    pub fn unwritten(&self) -> usize {
+        self.st.tx.len() - self.st.tx_pos
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    const MAX: usize = 1 << 20;
+
+    /// A client wire and the raw server end of a loopback connection.
+    async fn pair(read_size: usize, write_batch: usize) -> (Wire<TcpStream>, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        (Wire::new(c, Vec::new(), MAX, read_size, write_batch), s)
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Got {
+        Text(String),
+        Binary(Vec<u8>),
+        Ping(Vec<u8>),
+        Pong(Vec<u8>),
+        Close(Option<(u16, String)>),
+    }
+
+    async fn recv(w: &mut Wire<TcpStream>) -> Result<Got, WireError> {
+        std::future::poll_fn(|cx| {
+            w.poll_recv(cx, |m| match m {
+                In::Text(t) => Got::Text(t.into()),
+                In::Binary(b) => Got::Binary(b.into()),
+                In::Ping(p) => Got::Ping(p.into()),
+                In::Pong(p) => Got::Pong(p.into()),
+                In::Close(c) => Got::Close(c.map(|(c, r)| (c, r.into()))),
+            })
+        })
+        .await
+    }
+
+    async fn send(w: &mut Wire<TcpStream>, op: u8, payload: &[u8]) {
+        let mut started = false;
+        std::future::poll_fn(|cx| {
+            if !started {
+                std::task::ready!(w.poll_ready(cx))?;
+                w.start_send(cx, op, payload)?;
+                started = true;
+            }
+            w.poll_flush(cx)
+        })
+        .await
+        .unwrap();
+    }
+
+    /// A server frame (unmasked).
+    fn frame(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![(u8::from(fin) << 7) | op];
+        match payload.len() {
+            n if n < 126 => f.push(n as u8),
+            n if n <= 0xFFFF => {
+                f.push(126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// Reads one client frame on the server side: (fin, opcode, unmasked payload).
+    async fn read_client_frame(s: &mut TcpStream) -> (bool, u8, Vec<u8>) {
+        let mut h = [0u8; 2];
+        s.read_exact(&mut h).await.unwrap();
+        assert_eq!(h[1] & 0x80, 0x80, "client frames are masked");
+        let len = match h[1] & 0x7F {
+            126 => u64::from(s.read_u16().await.unwrap()),
+            127 => s.read_u64().await.unwrap(),
+            n => u64::from(n),
+        };
+        let mut key = [0u8; 4];
+        s.read_exact(&mut key).await.unwrap();
+        let mut p = vec![0u8; len as usize];
+        s.read_exact(&mut p).await.unwrap();
+        for (i, b) in p.iter_mut().enumerate() {
+            *b ^= key[i % 4];
+        }
+        (h[0] & 0x80 != 0, h[0] & 0x0F, p)
+    }
+
+    #[test]
+    fn headers_are_checked() {
+        let p = |b: &[u8]| parse_header(b, 1000);
+        assert!(matches!(p(&[0x81]), Ok(None)));
+        assert!(matches!(p(&[0x81, 126, 0]), Ok(None)));
+        let h = p(&[0x82, 126, 0x01, 0x00]).unwrap().unwrap();
+        assert_eq!((h.fin, h.op, h.len, h.payload), (true, OP_BINARY, 4, 256));
+        let h = p(&[0x01, 5]).unwrap().unwrap();
+        assert_eq!((h.fin, h.op, h.len, h.payload), (false, OP_TEXT, 2, 5));
+        let err = |b: &[u8]| match p(b) {
+            Err(WireError::Protocol(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert!(err(&[0xC1, 0]).contains("reserved bits"));
+        assert!(err(&[0x81, 0x80]).contains("masked"));
+        assert!(err(&[0x83, 0]).contains("reserved opcode"));
+        assert!(err(&[0x8B, 0]).contains("reserved opcode"));
+        assert!(err(&[0x09, 0]).contains("fragmented control"));
+        assert!(err(&[0x89, 126, 0, 126]).contains("125"));
+        assert!(err(&[0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 0]).contains("top bit"));
+        assert!(matches!(
+            p(&[0x82, 126, 0x03, 0xE9]),
+            Err(WireError::TooBig {
+                size: 1001,
+                max: 1000
+            })
+        ));
+    }
+
+    #[test]
+    fn masking_round_trips_at_every_length_and_offset() {
+        let key = [0x12, 0x34, 0x56, 0x78];
+        for len in 0..40 {
+            let data: Vec<u8> = (0..len as u8).collect();
+            let mut m = data.clone();
+            mask(&mut m, key);
+            for (i, (a, b)) in m.iter().zip(&data).enumerate() {
+                assert_eq!(*a, b ^ key[i % 4]);
+            }
+            mask(&mut m, key);
+            assert_eq!(m, data);
+        }
+    }
+
+    #[test]
+    fn close_codes_follow_the_registry() {
+        for ok in [1000, 1001, 1002, 1003, 1007, 1011, 1012, 1013, 3000, 4999] {
+            assert!(close_code_allowed(ok), "{ok}");
+        }
+        for bad in [
+            0, 999, 1004, 1005, 1006, 1014, 1015, 1016, 2999, 5000, 65535,
+        ] {
+            assert!(!close_code_allowed(bad), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_split_and_joined_arrive_whole_and_in_order() {
+        let (mut w, mut s) = pair(16, 0).await;
+        // Two frames in one write, a third split byte by byte, a large one.
+        let mut bytes = frame(true, OP_TEXT, b"one");
+        bytes.extend(frame(true, OP_BINARY, &[1, 2, 3]));
+        s.write_all(&bytes).await.unwrap();
+        assert_eq!(recv(&mut w).await.unwrap(), Got::Text("one".into()));
+        assert_eq!(recv(&mut w).await.unwrap(), Got::Binary(vec![1, 2, 3]));
+        let big: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
+        let server = tokio::spawn(async move {
+            for b in frame(true, OP_TEXT, "héllo".as_bytes()) {
+                s.write_all(&[b]).await.unwrap();
+                s.flush().await.unwrap();
+            }
+            s.write_all(&frame(
+                true,
+                OP_BINARY,
+                &(0..300_000u32).map(|i| i as u8).collect::<Vec<_>>(),
+            ))
+            .await
+            .unwrap();
+            s
+        });
+        assert_eq!(recv(&mut w).await.unwrap(), Got::Text("héllo".into()));
+        assert_eq!(recv(&mut w).await.unwrap(), Got::Binary(big));
+        drop(server.await.unwrap());
+        assert!(matches!(recv(&mut w).await, Err(WireError::Reset)));
+        // At rest, no buffer is kept.
+        assert_eq!(
+            (w.rx.capacity(), w.st.msg.capacity(), w.st.tx.capacity()),
+            (0, 0, 0)
+        );
+    }
+
+    #[tokio::test]
+    async fn fragments_join_with_pings_between_and_pings_are_answered() {
+        let (mut w, mut s) = pair(4096, 0).await;
+        let e_acute = "\u{e9}".as_bytes();
+        let mut bytes = frame(false, OP_TEXT, b"h");
+        bytes.extend(frame(true, OP_PING, b"p1"));
+        // The é is split across fragments.
+        bytes.extend(frame(false, OP_CONTINUATION, &e_acute[..1]));
+        bytes.extend(frame(true, OP_CONTINUATION, &e_acute[1..]));
+        s.write_all(&bytes).await.unwrap();
+        assert_eq!(recv(&mut w).await.unwrap(), Got::Ping(b"p1".to_vec()));
+        assert_eq!(recv(&mut w).await.unwrap(), Got::Text("h\u{e9}".into()));
+        assert_eq!(
+            read_client_frame(&mut s).await,
+            (true, OP_PONG, b"p1".to_vec())
+        );
+        // Each ping is answered before the next read.
+        let mut bytes = frame(true, OP_PING, b"a");
+        bytes.extend(frame(true, OP_PING, b"b"));
+        bytes.extend(frame(true, OP_TEXT, b"after"));
+        s.write_all(&bytes).await.unwrap();
+        assert_eq!(recv(&mut w).await.unwrap(), Got::Ping(b"a".to_vec()));
+        assert_eq!(recv(&mut w).await.unwrap(), Got::Ping(b"b".to_vec()));
+        assert_eq!(recv(&mut w).await.unwrap(), Got::Text("after".into()));
+        send(&mut w, OP_TEXT, b"x").await;
+        assert_eq!(
+            read_client_frame(&mut s).await,
+            (true, OP_PONG, b"a".to_vec())
+        );
+        assert_eq!(
+            read_client_frame(&mut s).await,
+            (true, OP_PONG, b"b".to_vec())
+        );
+        assert_eq!(
+            read_client_frame(&mut s).await,
+            (true, OP_TEXT, b"x".to_vec())
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_input_fails_with_the_right_error() {
+        // Invalid UTF-8 fails at its fragment, before the message ends.
+        let (mut w, mut s) = pair(4096, 0).await;
+        s.write_all(&frame(false, OP_TEXT, &[b'a', 0xFF]))
+            .await
+            .unwrap();
+        assert!(matches!(recv(&mut w).await, Err(WireError::Utf8)));
+        let cases: [(Vec<u8>, &str); 4] = [
+            (frame(true, OP_CONTINUATION, b"x"), "continuation"),
+            (
+                [frame(false, OP_TEXT, b"a"), frame(true, OP_BINARY, b"b")].concat(),
+                "inside",
+            ),
+            (frame(true, OP_CLOSE, &[3]), "one byte"),
+            (frame(true, OP_CLOSE, &[3, 232, 0xFF]), "not UTF-8"),
+        ];
+        for (bytes, want) in cases {
+            let (mut w, mut s) = pair(4096, 0).await;
+            s.write_all(&bytes).await.unwrap();
+            match recv(&mut w).await {
+                Err(WireError::Protocol(m)) => assert!(m.contains(want), "{m} vs {want}"),
+                other => panic!("{want}: {other:?}"),
+            }
+        }
+        // A fragmented message beyond the limit.
+        let (mut w, mut s) = pair(4096, 0).await;
+        let part = vec![0u8; MAX / 2 + 1];
+        let bytes = [
+            frame(false, OP_BINARY, &part),
+            frame(true, OP_CONTINUATION, &part),
+        ]
+        .concat();
+        let server = tokio::spawn(async move {
+            let _ = s.write_all(&bytes).await;
+            s
+        });
+        assert!(matches!(recv(&mut w).await, Err(WireError::TooBig { .. })));
+        drop(server);
+    }
+
+    #[tokio::test]
+    async fn close_handshakes_both_ways() {
+        // The server closes: answered with its code, then nothing more is read.
+        let (mut w, mut s) = pair(4096, 0).await;
+        s.write_all(&frame(true, OP_CLOSE, &[0x03, 0xE8, b'b', b'y', b'e']))
+            .await
+            .unwrap();
+        assert_eq!(
+            recv(&mut w).await.unwrap(),
+            Got::Close(Some((1000, "bye".into())))
+        );
+        std::future::poll_fn(|cx| w.poll_flush(cx)).await.unwrap();
+        assert_eq!(
+            read_client_frame(&mut s).await,
+            (true, OP_CLOSE, vec![0x03, 0xE8])
+        );
+        assert!(matches!(recv(&mut w).await, Err(WireError::Closed)));
+        // A code not allowed on the wire is answered with 1002.
+        let (mut w, mut s) = pair(4096, 0).await;
+        s.write_all(&frame(true, OP_CLOSE, &1005u16.to_be_bytes()))
+            .await
+            .unwrap();
+        recv(&mut w).await.unwrap();
+        std::future::poll_fn(|cx| w.poll_flush(cx)).await.unwrap();
+        assert_eq!(read_client_frame(&mut s).await.2, 1002u16.to_be_bytes());
+        // We close: data still arrives until the server's Close; writes are refused.
+        let (mut w, mut s) = pair(4096, 0).await;
+        std::future::poll_fn(|cx| {
+            w.start_close(cx, 1000)?;
+            w.poll_flush(cx)
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            read_client_frame(&mut s).await,
+            (true, OP_CLOSE, vec![0x03, 0xE8])
+        );
+        assert!(
+            std::future::poll_fn(|cx| Poll::Ready(w.start_send(cx, OP_TEXT, b"late")))
+                .await
+                .is_err()
+        );
+        let bytes = [frame(true, OP_TEXT, b"late"), frame(true, OP_CLOSE, &[])].concat();
+        s.write_all(&bytes).await.unwrap();
+        assert_eq!(recv(&mut w).await.unwrap(), Got::Text("late".into()));
+        assert_eq!(recv(&mut w).await.unwrap(), Got::Close(None));
+        assert!(matches!(recv(&mut w).await, Err(WireError::Closed)));
+        // EOF after our Close is the end of the handshake, not a reset.
+        let (mut w, mut s) = pair(4096, 0).await;
+        std::future::poll_fn(|cx| {
+            w.start_close(cx, 1000)?;
+            w.poll_flush(cx)
+        })
+        .await
+        .unwrap();
+        // Read before closing, so the server's end sends FIN, not RST.
+        read_client_frame(&mut s).await;
+        drop(s);
+        assert!(matches!(recv(&mut w).await, Err(WireError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn large_and_batched_writes_arrive_whole() {
+        for batch in [0, 4096] {
+            let (mut w, mut s) = pair(4096, batch).await;
+            let big: Vec<u8> = (0..4_000_000u32).map(|i| (i * 7) as u8).collect();
+            let expect = big.clone();
+            let reader = tokio::spawn(async move {
+                let mut got = Vec::new();
+                for _ in 0..3 {
+                    got.push(read_client_frame(&mut s).await);
+                }
+                got
+            });
+            // The socket cannot take 4 MB at once: the rest waits in the wire.
+            send(&mut w, OP_BINARY, &big).await;
+            send(&mut w, OP_TEXT, b"small").await;
+            send(&mut w, OP_PING, &7u64.to_be_bytes()).await;
+            let got = reader.await.unwrap();
+            assert_eq!(got[0], (true, OP_BINARY, expect));
+            assert_eq!(got[1], (true, OP_TEXT, b"small".to_vec()));
+            assert_eq!(got[2], (true, OP_PING, 7u64.to_be_bytes().to_vec()));
+            assert_eq!(w.unwritten(), 0);
+            assert_eq!(w.st.tx.capacity(), 0);
+        }
+    }
+}
