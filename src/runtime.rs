@@ -5,7 +5,7 @@
 //! survive `fork()`: the child sees [`RuntimeError::Forked`] from every call instead of a hang.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -31,6 +31,13 @@ struct Global {
 
 static GLOBAL: OnceLock<Global> = OnceLock::new();
 static WORKER_THREADS: AtomicUsize = AtomicUsize::new(1);
+/// Set in a `fork()` child by the handler [`handle`] registers with `pthread_atfork`: the check
+/// on every call is then a load, not a `getpid` system call (glibc no longer caches the pid).
+static FORKED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn in_fork_child() {
+    FORKED.store(true, Ordering::Relaxed);
+}
 /// The most worker threads one may ask for.
 pub const MAX_WORKER_THREADS: usize = 64;
 
@@ -56,9 +63,11 @@ pub fn started() -> bool {
     GLOBAL.get().is_some()
 }
 
-/// True in a `fork()` child of the process that started the runtime.
+/// True in a `fork()` child of the process that started the runtime. (A child made by a raw
+/// `fork` system call, which runs no atfork handler, is caught by the pid check of [`handle`],
+/// that is at its next `hb_connect`.)
 pub fn forked() -> bool {
-    GLOBAL.get().is_some_and(|g| g.pid != std::process::id())
+    FORKED.load(Ordering::Relaxed)
 }
 
 /// True on one of the runtime's own threads, that is: inside any hbws callback.
@@ -68,11 +77,16 @@ pub fn on_runtime_thread() -> bool {
 
 /// A handle to the runtime, starting it on first use.
 pub fn handle() -> Result<Handle, RuntimeError> {
-    let g = GLOBAL.get_or_init(|| Global {
-        runtime: start(WORKER_THREADS.load(Ordering::SeqCst)),
-        pid: std::process::id(),
+    let g = GLOBAL.get_or_init(|| {
+        // SAFETY: registers a handler that only stores to an atomic, which is
+        // async-signal-safe, as a fork child handler must be.
+        unsafe { libc::pthread_atfork(None, None, Some(in_fork_child)) };
+        Global {
+            runtime: start(WORKER_THREADS.load(Ordering::SeqCst)),
+            pid: std::process::id(),
+        }
     });
-    if g.pid != std::process::id() {
+    if FORKED.load(Ordering::Relaxed) || g.pid != std::process::id() {
         return Err(RuntimeError::Forked);
     }
     match &g.runtime {

@@ -17,7 +17,9 @@ pub fn status_kib(field: &str) -> u64 {
 }
 
 pub fn threads() -> usize {
-    std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// Context switches (voluntary + involuntary) of every thread of this process except
@@ -32,8 +34,14 @@ pub fn ctx_switches(skip_tid: Option<u32>) -> u64 {
             }
             let s = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
             for l in s.lines() {
-                if l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:") {
-                    total += l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                if l.starts_with("voluntary_ctxt_switches:")
+                    || l.starts_with("nonvoluntary_ctxt_switches:")
+                {
+                    total += l
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0);
                 }
             }
         }

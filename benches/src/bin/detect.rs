@@ -75,11 +75,17 @@ fn client(cfg: *const hb_config, url: &str) -> (*mut hb_client, Arc<Shared>) {
         release: Some(release),
         on_delivery: None,
     };
-    let shared = Arc::new(Shared { obs: Mutex::default(), cv: Condvar::new() });
+    let shared = Arc::new(Shared {
+        obs: Mutex::default(),
+        cv: Condvar::new(),
+    });
     let url = CString::new(url).unwrap();
     let mut h = std::ptr::null_mut();
     let ud = Arc::into_raw(shared.clone()) as *mut c_void;
-    assert_eq!(hb_connect(url.as_ptr(), cfg, &cb, ud, &mut h, std::ptr::null_mut(), 0), hb_status::HB_OK);
+    assert_eq!(
+        hb_connect(url.as_ptr(), cfg, &cb, ud, &mut h, std::ptr::null_mut(), 0),
+        hb_status::HB_OK
+    );
     (h, shared)
 }
 
@@ -91,17 +97,31 @@ fn stats(mut v: Vec<f64>) -> String {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let med = v[v.len() / 2];
     let list: Vec<String> = v.iter().map(|x| format!("{x:.2}")).collect();
-    format!("{{\"median\":{med:.2},\"min\":{:.2},\"max\":{:.2},\"all\":[{}]}}", v[0], v[v.len() - 1], list.join(","))
+    format!(
+        "{{\"median\":{med:.2},\"min\":{:.2},\"max\":{:.2},\"all\":[{}]}}",
+        v[0],
+        v[v.len() - 1],
+        list.join(",")
+    )
 }
 
 fn main() {
-    let trials: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let trials: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(5);
     let (interval, timeout, max) = (1000u64, 500u64, 3u32);
     let bound = interval + max as u64 * timeout;
     let mut cfg = std::ptr::null_mut();
     assert_eq!(hb_config_new(&mut cfg), hb_status::HB_OK);
-    assert_eq!(hb_config_set_ping_interval_ms(cfg, interval), hb_status::HB_OK);
-    assert_eq!(hb_config_set_pong_timeout_ms(cfg, timeout), hb_status::HB_OK);
+    assert_eq!(
+        hb_config_set_ping_interval_ms(cfg, interval),
+        hb_status::HB_OK
+    );
+    assert_eq!(
+        hb_config_set_pong_timeout_ms(cfg, timeout),
+        hb_status::HB_OK
+    );
     assert_eq!(hb_config_set_max_missed(cfg, max), hb_status::HB_OK);
 
     // Silent-link detection: trials run two at a time (separate servers) to halve the wall time.

@@ -4,8 +4,9 @@
 //!
 //! hbws: through the C ABI; the first message is sent from the main thread once OPEN, every
 //! next one with `hb_send_text` from inside the message callback (heartbeat every 24 h, so none
-//! in the run; default buffers read 512 / write 0). raw: tokio-tungstenite on a current_thread
-//! runtime with the same buffers, send then read. `--lat` records each round trip's wall time
+//! in the run; default sizes: read up to 4096 per call, write 0). raw: tokio-tungstenite on a
+//! current_thread runtime, read buffer 512 / write 0 (its best: it keeps and zero-fills that
+//! buffer), send then read. `--lat` records each round trip's wall time
 //! and prints p50/p99 (left off for callgrind runs so timing code is not counted).
 //! K = 0 connects, opens and closes only: the baseline subtracted under callgrind.
 
@@ -68,7 +69,10 @@ unsafe extern "C" fn on_message(_: *mut c_void, _kind: i32, _data: *const u8, _l
 fn run_hbws(url: &str, k: u64) {
     let mut cfg = std::ptr::null_mut();
     assert_eq!(hb_config_new(&mut cfg), hb_status::HB_OK);
-    assert_eq!(hb_config_set_ping_interval_ms(cfg, 86_400_000), hb_status::HB_OK);
+    assert_eq!(
+        hb_config_set_ping_interval_ms(cfg, 86_400_000),
+        hb_status::HB_OK
+    );
     let cb = hb_callbacks {
         size: std::mem::size_of::<hb_callbacks>(),
         on_state: Some(on_state),
@@ -81,7 +85,15 @@ fn run_hbws(url: &str, k: u64) {
     };
     let curl = CString::new(url).unwrap();
     let mut h = std::ptr::null_mut();
-    let st = hb_connect(curl.as_ptr(), cfg, &cb, std::ptr::null_mut(), &mut h, std::ptr::null_mut(), 0);
+    let st = hb_connect(
+        curl.as_ptr(),
+        cfg,
+        &cb,
+        std::ptr::null_mut(),
+        &mut h,
+        std::ptr::null_mut(),
+        0,
+    );
     assert_eq!(st, hb_status::HB_OK);
     hb_config_free(cfg);
     HANDLE.store(h as u64, Relaxed);
@@ -90,7 +102,10 @@ fn run_hbws(url: &str, k: u64) {
         if LAT.load(Relaxed) {
             SENT_AT.store(now_ns(), Relaxed);
         }
-        assert_eq!(hb_send_text(h, MSG.as_ptr() as *const _, MSG.len()), hb_status::HB_OK);
+        assert_eq!(
+            hb_send_text(h, MSG.as_ptr() as *const _, MSG.len()),
+            hb_status::HB_OK
+        );
         wait(|g| g.1);
     }
     assert_eq!(hb_close(h), hb_status::HB_OK);
@@ -100,7 +115,10 @@ fn run_raw(url: &str, k: u64) {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
     use tokio_tungstenite::tungstenite::Message;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let addr = url.trim_start_matches("ws://").trim_end_matches('/');
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -111,7 +129,9 @@ fn run_raw(url: &str, k: u64) {
             .max_write_buffer_size(usize::MAX)
             .max_message_size(Some(1 << 20))
             .max_frame_size(Some(1 << 20));
-        let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(cfg)).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(cfg))
+            .await
+            .unwrap();
         let lat = LAT.load(Relaxed);
         for _ in 0..k {
             let t = if lat { now_ns() } else { 0 };

@@ -77,7 +77,10 @@ fn main() {
     let url = a[2].clone();
     let n: u64 = a[3].parse().unwrap();
     let interval: u64 = a[4].parse().unwrap();
-    let idle: Option<u64> = a.iter().position(|x| x == "--idle").map(|i| a[i + 1].parse().unwrap());
+    let idle: Option<u64> = a
+        .iter()
+        .position(|x| x == "--idle")
+        .map(|i| a[i + 1].parse().unwrap());
     // Touch the histogram's pages before the baseline so they are not counted per client.
     RTT.record(0);
     let base_rtt_count = 1;
@@ -96,7 +99,11 @@ fn main() {
     }
     let deadline = Instant::now() + Duration::from_secs(300);
     while OPEN.load(Relaxed) < n {
-        assert!(Instant::now() < deadline, "not all open: {}", OPEN.load(Relaxed));
+        assert!(
+            Instant::now() < deadline,
+            "not all open: {}",
+            OPEN.load(Relaxed)
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let connect_s = t_start.elapsed().as_secs_f64();
@@ -119,7 +126,9 @@ fn main() {
         s1 = snap();
         let deadline = Instant::now() + Duration::from_millis(interval * 4 + 60_000);
         // Two full heartbeat rounds: every client answered twice more, and two intervals passed.
-        while PONGS.load(Relaxed) < s1.pongs + 2 * n || s1.t.elapsed() < Duration::from_millis(2 * interval) {
+        while PONGS.load(Relaxed) < s1.pongs + 2 * n
+            || s1.t.elapsed() < Duration::from_millis(2 * interval)
+        {
             assert!(Instant::now() < deadline, "heartbeats stalled");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -177,8 +186,14 @@ unsafe extern "C" fn on_heartbeat(_: *mut c_void, ev: *const hb_heartbeat_event)
 fn hbws_clients(url: &str, n: u64, interval: u64) {
     let mut cfg = std::ptr::null_mut();
     assert_eq!(hb_config_new(&mut cfg), hb_status::HB_OK);
-    assert_eq!(hb_config_set_ping_interval_ms(cfg, interval), hb_status::HB_OK);
-    assert_eq!(hb_config_set_pong_timeout_ms(cfg, interval.min(10_000)), hb_status::HB_OK);
+    assert_eq!(
+        hb_config_set_ping_interval_ms(cfg, interval),
+        hb_status::HB_OK
+    );
+    assert_eq!(
+        hb_config_set_pong_timeout_ms(cfg, interval.min(10_000)),
+        hb_status::HB_OK
+    );
     let cb = hb_callbacks {
         size: std::mem::size_of::<hb_callbacks>(),
         on_state: Some(on_state),
@@ -192,7 +207,15 @@ fn hbws_clients(url: &str, n: u64, interval: u64) {
     let curl = CString::new(url).unwrap();
     for i in 0..n {
         let mut h = std::ptr::null_mut();
-        let st = hb_connect(curl.as_ptr(), cfg, &cb, std::ptr::null_mut(), &mut h, std::ptr::null_mut(), 0);
+        let st = hb_connect(
+            curl.as_ptr(),
+            cfg,
+            &cb,
+            std::ptr::null_mut(),
+            &mut h,
+            std::ptr::null_mut(),
+            0,
+        );
         assert_eq!(st, hb_status::HB_OK);
         // Handles are leaked on purpose (the process exits); do not outrun the accept backlog.
         while OPEN.load(Relaxed) + 512 < i + 1 {
@@ -209,9 +232,15 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 fn raw_runtime(url: String, n: u64, interval: u64) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
-        let addr = url.trim_start_matches("ws://").trim_end_matches('/').to_owned();
+        let addr = url
+            .trim_start_matches("ws://")
+            .trim_end_matches('/')
+            .to_owned();
         for i in 0..n {
             let (url, addr) = (url.clone(), addr.clone());
             tokio::spawn(raw_client(url, addr, interval));
@@ -233,11 +262,14 @@ pub fn raw_config() -> WebSocketConfig {
 }
 
 async fn raw_client(url: String, addr: String, interval: u64) {
-    let tcp = tokio::net::TcpStream::connect(&addr).await.expect("connect");
-    let _ = tcp.set_nodelay(true);
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url.as_str(), tcp, Some(raw_config()))
+    let tcp = tokio::net::TcpStream::connect(&addr)
         .await
-        .expect("handshake");
+        .expect("connect");
+    let _ = tcp.set_nodelay(true);
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(url.as_str(), tcp, Some(raw_config()))
+            .await
+            .expect("handshake");
     OPEN.fetch_add(1, Relaxed);
     let every = Duration::from_millis(interval);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);

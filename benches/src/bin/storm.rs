@@ -66,14 +66,29 @@ fn main() {
     let url = CString::new(srv.url()).unwrap();
     for i in 0..n {
         let mut h = std::ptr::null_mut();
-        assert_eq!(hb_connect(url.as_ptr(), cfg, &cb, std::ptr::null_mut(), &mut h, std::ptr::null_mut(), 0), hb_status::HB_OK);
+        assert_eq!(
+            hb_connect(
+                url.as_ptr(),
+                cfg,
+                &cb,
+                std::ptr::null_mut(),
+                &mut h,
+                std::ptr::null_mut(),
+                0
+            ),
+            hb_status::HB_OK
+        );
         while OPEN.load(Relaxed) + 512 < i + 1 {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     while OPEN.load(Relaxed) < n {
-        assert!(Instant::now() < deadline, "initial connect stalled at {}", OPEN.load(Relaxed));
+        assert!(
+            Instant::now() < deadline,
+            "initial connect stalled at {}",
+            OPEN.load(Relaxed)
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_millis(1500));
@@ -85,7 +100,11 @@ fn main() {
     let t_up = now_ns();
     let deadline = Instant::now() + Duration::from_millis(cap * 3 + 60_000);
     while REOPEN.load(Relaxed) < n {
-        assert!(Instant::now() < deadline, "storm: only {} of {n} back", REOPEN.load(Relaxed));
+        assert!(
+            Instant::now() < deadline,
+            "storm: only {} of {n} back",
+            REOPEN.load(Relaxed)
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let t_all = LAST_OPEN_NS.load(Relaxed);
