@@ -8,7 +8,7 @@ secs="${1:-10}"
 shift || true
 targets=("$@")
 if [ "${#targets[@]}" -eq 0 ]; then
-    targets=(url response retry_after config)
+    targets=(url response retry_after config wire)
 fi
 if ! cargo +nightly --version >/dev/null 2>&1; then
     echo "SKIPPED: no nightly toolchain (cargo +nightly)"

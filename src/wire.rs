@@ -29,6 +29,9 @@ pub const OP_PONG: u8 = 0xA;
 const STACK_READ: usize = 16 * 1024;
 /// Frames up to this size are encoded on the stack and written straight to the socket.
 const STACK_WRITE: usize = 1024;
+/// The most reserved ahead for a frame not yet read: a larger one grows as its bytes arrive, so
+/// a header that merely claims a large frame costs no memory.
+const RESERVE_AHEAD: usize = 256 * 1024;
 /// Largest frame header: 2 bytes, 8 of extended length, 4 of mask.
 const MAX_HEADER: usize = 14;
 
@@ -459,19 +462,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                         None => continue,
                     }
                 }
-                self.rx.reserve_exact(total);
+                self.rx.reserve(total.min(RESERVE_AHEAD));
             }
             self.rx.extend_from_slice(got);
         }
     }
 
-    /// Reads at least one more byte into `rx` (room for `want` more is made first).
+    /// Reads at least one more byte into `rx` (room for `want` more, up to [`RESERVE_AHEAD`], is
+    /// made first; the buffer grows geometrically, so a large frame is copied O(1) times).
     fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<Result<(), WireError>> {
         if self.rx_pos > 0 {
             self.rx.drain(..self.rx_pos);
             self.rx_pos = 0;
         }
-        self.rx.reserve_exact(want);
+        self.rx.reserve(want.min(RESERVE_AHEAD));
         let len = self.rx.len();
         let mut rb = ReadBuf::uninit(self.rx.spare_capacity_mut());
         std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb)).map_err(WireError::Io)?;
@@ -577,6 +581,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             st.pong_at = None;
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// The stream, for tests and fuzzing.
+    pub fn into_inner(self) -> S {
+        self.io
     }
 
     /// Bytes started but not yet written.
@@ -764,6 +773,24 @@ mod tests {
             (w.rx.capacity(), w.st.msg.capacity(), w.st.tx.capacity()),
             (0, 0, 0)
         );
+    }
+
+    #[tokio::test]
+    async fn a_claimed_large_frame_reserves_memory_as_it_arrives() {
+        let (mut w, mut s) = pair(4096, 0).await;
+        let full = frame(true, OP_BINARY, &vec![7u8; MAX - 1]);
+        s.write_all(&full[..1000]).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while w.rx.len() < 1000 {
+            assert!(std::time::Instant::now() < deadline, "bytes never arrived");
+            let pending =
+                std::future::poll_fn(|cx| Poll::Ready(w.poll_recv(cx, |_| ()).is_pending())).await;
+            assert!(pending);
+            tokio::task::yield_now().await;
+        }
+        assert!(w.rx.capacity() <= 2 * RESERVE_AHEAD, "{}", w.rx.capacity());
+        s.write_all(&full[1000..]).await.unwrap();
+        assert_eq!(recv(&mut w).await.unwrap(), Got::Binary(vec![7u8; MAX - 1]));
     }
 
     #[tokio::test]
