@@ -567,7 +567,11 @@ struct Task {
     sink: Option<Box<dyn EventSink>>,
     reconnect: Reconnect,
     rng: fastrand::Rng,
-    /// Messages fully written so far (the queue is FIFO, so these are ids `1 ..= written`).
+    /// Messages handed to the socket so far (the queue is FIFO, so these are ids
+    /// `1 ..= written`). Handed over means written, or taken by the wire to be written before
+    /// anything else (a large frame, or a batch with `write_buffer_size`): if the link then
+    /// dies, such a message is reported UNCONFIRMED, like one the server may or may not have read,
+    /// and is not re-sent.
     written: u64,
     /// Messages whose fate has been reported (`1 ..= settled`); the rest of `written` is in
     /// flight on the current connection.
@@ -1310,8 +1314,14 @@ impl Task {
                 while self.settled < self.written {
                     let read =
                         std::future::poll_fn(|cx| ws.poll_recv(cx, |m| self.while_closing(hb, m)));
-                    if !matches!(read.await, Ok(false)) {
-                        return;
+                    match read.await {
+                        Ok(false) => {}
+                        Ok(true) => {
+                            // The server closed first: send the answer the wire queued.
+                            let _ = std::future::poll_fn(|cx| ws.poll_flush(cx)).await;
+                            return;
+                        }
+                        Err(_) => return,
                     }
                 }
             }

@@ -404,8 +404,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         }
         if self.st.tx_pos < self.st.tx.len() {
             // A pending write does not hold up reading.
-            if let Poll::Ready(Err(e)) = self.poll_drain(cx) {
-                return Poll::Ready(Err(WireError::Io(e)));
+            match self.poll_flush(cx) {
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(WireError::Io(e))),
+                Poll::Ready(Ok(())) | Poll::Pending => {}
             }
         }
         let mut f = Some(f);
@@ -477,14 +478,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         }
         self.rx.reserve(want.min(RESERVE_AHEAD));
         let len = self.rx.len();
-        let mut rb = ReadBuf::uninit(self.rx.spare_capacity_mut());
+        let spare = self.rx.spare_capacity_mut();
+        let spare_len = spare.len();
+        let mut rb = ReadBuf::uninit(spare);
+        let start = rb.filled().as_ptr();
         std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb)).map_err(WireError::Io)?;
+        // A stream that swapped the ReadBuf for another would make `set_len` unsound: refuse.
+        assert_eq!(
+            start,
+            rb.filled().as_ptr(),
+            "poll_read replaced the read buffer"
+        );
         let n = rb.filled().len();
+        assert!(n <= spare_len);
         if n == 0 {
             return Poll::Ready(Err(self.eof()));
         }
-        // SAFETY: `poll_read` initialized the first `n` bytes of the spare capacity (ReadBuf's
-        // contract), so `len + n` bytes are initialized and within capacity.
+        // SAFETY: `rb` is still the spare capacity (checked above) and `poll_read` initialized
+        // its first `n <= spare_len` bytes (ReadBuf's contract), so `len + n` bytes are
+        // initialized and within capacity.
         unsafe { self.rx.set_len(len + n) };
         Poll::Ready(Ok(()))
     }
@@ -499,7 +511,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     }
 
     /// Ready when another frame may be started: what earlier frames left unwritten is written
-    /// (all of it, or in batching mode below the batch size).
+    /// (in batching mode, only once it reaches the batch size; then all of it).
     pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let pending = self.st.tx.len() - self.st.tx_pos;
         if pending != 0 && pending >= self.st.write_batch {
@@ -531,6 +543,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
 
     fn start(&mut self, cx: &mut Context<'_>, op: u8, payload: &[u8]) -> io::Result<()> {
         let st = &mut self.st;
+        // A Pong queued before this frame is no longer last in `tx`: a newer Ping's answer
+        // must not replace it (that would cut this frame off too).
+        st.pong_at = None;
         if st.tx_pos < st.tx.len() || st.write_batch != 0 || payload.len() > STACK_WRITE {
             st.queue(op, payload);
             return Ok(());
@@ -830,6 +845,57 @@ mod tests {
             read_client_frame(&mut s).await,
             (true, OP_TEXT, b"x".to_vec())
         );
+    }
+
+    #[tokio::test]
+    async fn a_newer_pong_replaces_only_an_unsent_pong_that_is_last() {
+        let (mut w, mut s) = pair(4096, 0).await;
+        // A frame the socket cannot take at once (the server is not reading yet).
+        let big = vec![9u8; 32 << 20];
+        send_started(&mut w, OP_BINARY, &big).await;
+        assert!(w.unwritten() > 0);
+        // Ping "a" is answered behind it; then a data frame; then Ping "b".
+        s.write_all(&frame(true, OP_PING, b"a")).await.unwrap();
+        assert_eq!(recv(&mut w).await.unwrap(), Got::Ping(b"a".to_vec()));
+        send_started(&mut w, OP_TEXT, b"DATA").await;
+        s.write_all(&frame(true, OP_PING, b"b")).await.unwrap();
+        assert_eq!(recv(&mut w).await.unwrap(), Got::Ping(b"b".to_vec()));
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..4 {
+                let (_, op, p) = read_client_frame(&mut s).await;
+                got.push((
+                    op,
+                    if p.len() > 16 {
+                        p.len().to_be_bytes().to_vec()
+                    } else {
+                        p
+                    },
+                ));
+            }
+            got
+        });
+        std::future::poll_fn(|cx| w.poll_flush(cx)).await.unwrap();
+        drop(w);
+        // Bounded: a frame cut off would leave the reader waiting (or misreading) for ever.
+        let got = tokio::time::timeout(std::time::Duration::from_secs(60), reader)
+            .await
+            .expect("the four frames never all arrived")
+            .unwrap();
+        let expect = vec![
+            (OP_BINARY, (32usize << 20).to_be_bytes().to_vec()),
+            (OP_PONG, b"a".to_vec()),
+            (OP_TEXT, b"DATA".to_vec()),
+            (OP_PONG, b"b".to_vec()),
+        ];
+        assert_eq!(got, expect);
+    }
+
+    /// Starts a frame without waiting for it to be written.
+    async fn send_started(w: &mut Wire<TcpStream>, op: u8, payload: &[u8]) {
+        std::future::poll_fn(|cx| Poll::Ready(w.start_send(cx, op, payload)))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

@@ -1784,6 +1784,54 @@ async fn fault_server_close_crosses_ours() {
     assert_eq!((unconfirmed, lost), (10, 10));
 }
 
+/// The host closes; the server reads our messages and the closing ping, and answers that ping
+/// with its own Close instead of a pong. The client must still answer the Close (a clean close
+/// handshake for the server, not a dropped connection), and nothing is reported confirmed.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn fault_server_closes_instead_of_the_closing_pong() {
+    let (tx, rx) = tokio::sync::oneshot::channel::<(Vec<String>, bool)>();
+    let tx = Arc::new(Mutex::new(Some(tx)));
+    let addr = hostile_server(move |mut ws| {
+        let tx = tx.clone();
+        async move {
+            let mut received = Vec::new();
+            while let Some(Ok(m)) = ws.next().await {
+                if let Message::Text(t) = m {
+                    if t.as_str() == "ping" {
+                        break;
+                    }
+                    received.push(t.to_string());
+                }
+            }
+            let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Away,
+                reason: "".into(),
+            };
+            let _ = ws.send(Message::Close(Some(frame))).await;
+            // The client's next frame must be its answer to our Close.
+            let answered = matches!(ws.next().await, Some(Ok(Message::Close(_))));
+            if let Some(tx) = tx.lock().unwrap().take() {
+                let _ = tx.send((received, answered));
+            }
+        }
+    })
+    .await;
+    let rec = Rec::new();
+    let (c, _) =
+        open_on_test_runtime(&format!("ws://{addr}/"), fast(60_000, 10_000, 3), &rec).await;
+    let mut ledger = Ledger::default();
+    ledger.send(&c, "sent", 10);
+    c.close(false);
+    let log = rec
+        .wait_async("closed", |l| count_state(l, State::Closed) == 1)
+        .await;
+    let (received, answered) = rx.await.expect("the server saw the closing ping");
+    assert!(answered, "the server's Close went unanswered");
+    assert_eq!(received.len(), 10);
+    let (unconfirmed, lost) = ledger.balance(&received, &log).assert_strict();
+    assert_eq!((unconfirmed, lost), (10, 0));
+}
+
 /// A server that never reads (so never answers a ping) while flooding data frames as fast as
 /// it can write them. The client is busy reading the whole time, and the heartbeat's verdict
 /// must still come on time: a flood cannot starve the timer.
