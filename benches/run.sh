@@ -17,9 +17,9 @@ log() { echo "[run.sh +$(( $(date +%s) - START ))s] $*" >&2; }
 
 if [[ $QUICK == 1 ]]; then
   # Sized to finish in under 3 minutes on a fresh 2-core machine, build included.
-  SCALE_N="5000"; PEER_N=1000; K=2000; KLAT=20000; LAT_ROUNDS=3; TRIALS=3; STORM_N=2000; IDLE_S=3
+  SCALE_N="5000"; PEER_N=1000; K=2000; KLAT=10000; LAT_ROUNDS=5; TRIALS=3; STORM_N=2000; IDLE_S=3
 else
-  SCALE_N="1000 5000 15000"; PEER_N=5000; K=10000; KLAT=100000; LAT_ROUNDS=5; TRIALS=20; STORM_N=10000; IDLE_S=5
+  SCALE_N="1000 5000 15000"; PEER_N=5000; K=10000; KLAT=40000; LAT_ROUNDS=11; TRIALS=20; STORM_N=10000; IDLE_S=5
 fi
 INTERVAL=5000
 

@@ -68,7 +68,8 @@ pub fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Latency histogram in 1 µs buckets up to 200 ms (static, no allocation while recording).
+/// Latency histogram of 200,000 buckets of the caller's unit (1 µs for heartbeat RTTs, 0.1 µs for
+/// echo round trips); static, no allocation while recording.
 pub struct Hist {
     b: [AtomicU64; Hist::N],
 }

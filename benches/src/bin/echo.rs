@@ -7,7 +7,8 @@
 //! in the run; default sizes: read up to 4096 per call, write 0). raw: tokio-tungstenite on a
 //! current_thread runtime, read buffer 512 / write 0 (its best: it keeps and zero-fills that
 //! buffer), send then read. `--lat` records each round trip's wall time
-//! and prints p50/p99 (left off for callgrind runs so timing code is not counted).
+//! (0.1 µs resolution) and prints p50/p99 (left off for callgrind runs so timing code is not
+//! counted).
 //! K = 0 connects, opens and closes only: the baseline subtracted under callgrind.
 
 use std::ffi::{c_void, CString};
@@ -51,7 +52,7 @@ unsafe extern "C" fn on_state(_: *mut c_void, ev: *const hb_state_event) {
 
 unsafe extern "C" fn on_message(_: *mut c_void, _kind: i32, _data: *const u8, _len: usize) {
     if LAT.load(Relaxed) {
-        HIST.record((now_ns() - SENT_AT.load(Relaxed)) / 1000);
+        HIST.record((now_ns() - SENT_AT.load(Relaxed)) / 100);
     }
     let got = GOT.fetch_add(1, Relaxed) + 1;
     if got < K.load(Relaxed) {
@@ -144,7 +145,7 @@ fn run_raw(url: &str, k: u64) {
                 }
             }
             if lat {
-                HIST.record((now_ns() - t) / 1000);
+                HIST.record((now_ns() - t) / 100);
             }
             GOT.fetch_add(1, Relaxed);
         }
@@ -167,9 +168,16 @@ fn main() {
     }
     let secs = t0.elapsed().as_secs_f64();
     let lat = LAT.load(Relaxed);
-    let pct = |p| if lat { HIST.percentile(p) } else { 0 };
+    // The histogram counts in 0.1 µs buckets.
+    let pct = |p| {
+        if lat {
+            HIST.percentile(p) as f64 / 10.0
+        } else {
+            0.0
+        }
+    };
     println!(
-        "{{\"client\":\"{mode}\",\"k\":{k},\"echoes\":{},\"p50_us\":{},\"p99_us\":{},\"secs\":{secs:.3}}}",
+        "{{\"client\":\"{mode}\",\"k\":{k},\"echoes\":{},\"p50_us\":{:.1},\"p99_us\":{:.1},\"secs\":{secs:.3}}}",
         GOT.load(Relaxed),
         pct(0.5),
         pct(0.99)
