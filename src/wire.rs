@@ -891,6 +891,16 @@ mod tests {
         assert_eq!(got, expect);
     }
 
+    /// Sends our Close (1000) and waits until it is written.
+    async fn close_normally(w: &mut Wire<TcpStream>) {
+        std::future::poll_fn(|cx| {
+            w.start_close(cx, 1000)?;
+            w.poll_flush(cx)
+        })
+        .await
+        .unwrap();
+    }
+
     /// Starts a frame without waiting for it to be written.
     async fn send_started(w: &mut Wire<TcpStream>, op: u8, payload: &[u8]) {
         std::future::poll_fn(|cx| Poll::Ready(w.start_send(cx, op, payload)))
@@ -966,12 +976,7 @@ mod tests {
         assert_eq!(read_client_frame(&mut s).await.2, 1002u16.to_be_bytes());
         // We close: data still arrives until the server's Close; writes are refused.
         let (mut w, mut s) = pair(4096, 0).await;
-        std::future::poll_fn(|cx| {
-            w.start_close(cx, 1000)?;
-            w.poll_flush(cx)
-        })
-        .await
-        .unwrap();
+        close_normally(&mut w).await;
         assert_eq!(
             read_client_frame(&mut s).await,
             (true, OP_CLOSE, vec![0x03, 0xE8])
@@ -988,12 +993,7 @@ mod tests {
         assert!(matches!(recv(&mut w).await, Err(WireError::Closed)));
         // EOF after our Close is the end of the handshake, not a reset.
         let (mut w, mut s) = pair(4096, 0).await;
-        std::future::poll_fn(|cx| {
-            w.start_close(cx, 1000)?;
-            w.poll_flush(cx)
-        })
-        .await
-        .unwrap();
+        close_normally(&mut w).await;
         // Read before closing, so the server's end sends FIN, not RST.
         read_client_frame(&mut s).await;
         drop(s);

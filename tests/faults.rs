@@ -1774,12 +1774,7 @@ async fn fault_server_close_crosses_ours() {
     .await;
     let rec = Rec::new();
     let (c, _) = open_on_test_runtime(&format!("ws://{addr}/"), fast(1000, 1000, 3), &rec).await;
-    let mut ledger = Ledger::default();
-    ledger.send(&c, "sent", 10);
-    c.close(false);
-    let log = rec
-        .wait_async("closed", |l| count_state(l, State::Closed) == 1)
-        .await;
+    let (ledger, log) = send_ten_then_close(&c, &rec).await;
     let (unconfirmed, lost) = ledger.balance(&[], &log).assert_strict();
     assert_eq!((unconfirmed, lost), (10, 10));
 }
@@ -1819,17 +1814,23 @@ async fn fault_server_closes_instead_of_the_closing_pong() {
     let rec = Rec::new();
     let (c, _) =
         open_on_test_runtime(&format!("ws://{addr}/"), fast(60_000, 10_000, 3), &rec).await;
-    let mut ledger = Ledger::default();
-    ledger.send(&c, "sent", 10);
-    c.close(false);
-    let log = rec
-        .wait_async("closed", |l| count_state(l, State::Closed) == 1)
-        .await;
+    let (ledger, log) = send_ten_then_close(&c, &rec).await;
     let (received, answered) = rx.await.expect("the server saw the closing ping");
     assert!(answered, "the server's Close went unanswered");
     assert_eq!(received.len(), 10);
     let (unconfirmed, lost) = ledger.balance(&received, &log).assert_strict();
     assert_eq!((unconfirmed, lost), (10, 0));
+}
+
+/// Sends ten messages, closes, and returns the ledger and the event log once CLOSED.
+async fn send_ten_then_close(c: &Client, rec: &Arc<Rec>) -> (Ledger, Vec<Ev>) {
+    let mut ledger = Ledger::default();
+    ledger.send(c, "sent", 10);
+    c.close(false);
+    let log = rec
+        .wait_async("closed", |l| count_state(l, State::Closed) == 1)
+        .await;
+    (ledger, log)
 }
 
 /// A server that never reads (so never answers a ping) while flooding data frames as fast as
