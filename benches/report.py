@@ -277,6 +277,14 @@ A("- Everything on 127.0.0.1. The server is `bench-server` (the `hbws-server` li
   "read buffer 1 KiB, write buffer 0, no server pings, no event printing, event log cleared every 200 ms) "
   "in its own process; each scale run gets a fresh server.\n")
 
+STORM_DEFINITION = (
+    "**The storm target's definition.** \"Uniform spread\" is read as the N clients' reconnects spread evenly over "
+    "the first backoff window (N × 100 ms / base per 100 ms): the rate at which a jittered reconnect storm can at best "
+    "arrive without delaying anyone past the first window. The other reading, every attempt spread evenly over first "
+    "to last attempt, cannot be met together with the next target: exponential backoff with full jitter makes the "
+    "tail thin and long (up to cap + outage: the \"all back\" bound), so the whole-span average falls to about a "
+    "hundredth of N per 100 ms, and staying within twice that would mean holding back every client's first "
+    "reconnect by several seconds after any drop. Both figures are in the row above and in section 4.\n")
 A("## Summary against the targets\n")
 A("| target | goal | measured | verdict |")
 A("|---|---|---|---|")
@@ -302,14 +310,6 @@ if st_j:
       f"vs {st_j['storm_uniform_per_100ms']} = all attempts spread evenly over first..last attempt → {st_j['storm_peak_over_uniform']}×; jitter off: {st_n.get('storm_peak_per_100ms')} | "
       f"{verdict(st_j['storm_peak_per_100ms'] <= 2 * uni_first)} (see \"The storm target's definition\" below) |")
     A(f"| storm: all back | ≤ cap + 2 s = {(st_j['backoff_cap_ms'] + 2000)/1000:.0f} s | {st_j['storm_all_open_ms']/1000:.2f} s after the kill (server down {st_j['down_ms']/1000:.0f} s) | {verdict(st_j['storm_all_open_ms'] <= st_j['backoff_cap_ms'] + 2000)} |")
-    STORM_DEFINITION = (
-        "**The storm target's definition.** \"Uniform spread\" is read as the N clients' reconnects spread evenly over "
-        "the first backoff window (N × 100 ms / base per 100 ms): the rate at which a jittered reconnect storm can at best "
-        "arrive without delaying anyone past the first window. The other reading, every attempt spread evenly over first "
-        "to last attempt, cannot be met together with the next target: exponential backoff with full jitter makes the "
-        "tail thin and long (up to cap + outage: the \"all back\" bound), so the whole-span average falls to about a "
-        "hundredth of N per 100 ms, and staying within twice that would mean holding back every client's first "
-        "reconnect by several seconds after any drop. Both figures are in the row above and in section 4.\n")
 A(f"| stripped .so | ≤ 1.5 MB | {fmt(so_bytes)} bytes ({fmt(so_bytes / 1e6 if so_bytes else None)} MB; unstripped {so_unstripped}) | {verdict(None if so_bytes is None else so_bytes <= 1.5e6)} |")
 A(f"| background threads at rest | 1 | {bg_threads} (process threads {threads} incl. main, 1000 idle clients) | {verdict(None if bg_threads is None else bg_threads == 1)} |")
 A("")

@@ -84,12 +84,9 @@ fn main() {
     let cb = hb_callbacks {
         size: std::mem::size_of::<hb_callbacks>(),
         on_state: Some(on_state),
-        on_message: None,
         on_heartbeat: Some(on_heartbeat),
-        on_dropped: None,
-        on_log: None,
         release: Some(release),
-        on_delivery: None,
+        ..Default::default()
     };
     println!("silent-server detection: interval {interval} ms, pong timeout {timeout} ms, max missed {max}");
     println!("documented bound: {} ms", bound.as_millis());

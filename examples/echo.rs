@@ -393,11 +393,10 @@ fn run_connection(
         size: std::mem::size_of::<hb_callbacks>(),
         on_state: Some(on_state),
         on_message: Some(on_message),
-        on_heartbeat: None,
         on_dropped: Some(on_dropped),
         on_log: Some(on_log),
         release: Some(release),
-        on_delivery: None,
+        ..Default::default()
     };
     let ud = Arc::into_raw(c.clone()) as *mut c_void;
     let s = hb_set_callbacks(client, &cb, ud);

@@ -82,12 +82,8 @@ fn main() {
     let cb = hb_callbacks {
         size: std::mem::size_of::<hb_callbacks>(),
         on_state: Some(on_state),
-        on_message: None,
         on_heartbeat: Some(on_heartbeat),
-        on_dropped: None,
-        on_log: None,
-        release: None,
-        on_delivery: None,
+        ..Default::default()
     };
     let curl = CString::new(url).unwrap();
     let rss0 = status_kib("VmRSS:");

@@ -515,8 +515,8 @@ hb_status hb_config_set_max_message_size(hb_config *config, size_t bytes);
 
 // Read and write sizes per connection. `read`, 256 B ..= 16 MiB (default 4096): the most asked
 // for per read from the socket (a frame larger than that is read straight into place). Reads of
-// up to 16 KiB go through the stack, so no buffer is kept between them. `write`, 0 ..= 16 MiB: bytes batched
-// before a write (default 0: each message is written at once).
+// up to 16 KiB go through the stack, so no buffer is kept between them. `write`, 0 ..= 16 MiB:
+// bytes batched before a write (default 0: each message is written at once).
 hb_status hb_config_set_buffer_sizes(hb_config *config, size_t read, size_t write);
 
 // Bound on messages accepted while OPEN and not yet written: at most `messages` (≥ 1) and

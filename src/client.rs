@@ -617,24 +617,15 @@ impl Future for Write<'_> {
         let this = &mut *self;
         if !this.started {
             match this.ws.poll_ready(cx) {
-                Poll::Ready(Ok(())) => {
-                    if let Err(e) = this.ws.start_send(cx, this.op, this.payload) {
-                        return Poll::Ready(Err(write_failed(e)));
-                    }
-                    this.started = true;
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(write_failed(e))),
-                Poll::Pending => {}
+                Poll::Ready(Ok(())) => {}
+                step => return bounded(step, &mut this.timer, this.deadline, cx),
             }
+            this.ws
+                .start_send(cx, this.op, this.payload)
+                .map_err(write_failed)?;
+            this.started = true;
         }
-        if this.started {
-            match this.ws.poll_flush(cx) {
-                Poll::Ready(Ok(())) => return Poll::Ready(Ok(())),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(write_failed(e))),
-                Poll::Pending => {}
-            }
-        }
-        stalled(&mut this.timer, this.deadline, cx)
+        bounded(this.ws.poll_flush(cx), &mut this.timer, this.deadline, cx)
     }
 }
 
@@ -642,8 +633,24 @@ fn write_failed(e: std::io::Error) -> Outcome {
     Outcome::new(Reason::ConnectionLost, format!("write failed: {e}"))
 }
 
-/// A write is waiting for the socket: pending until `deadline`, then the verdict. The timer is
-/// made (and boxed) only now, so writes that never wait cost none.
+/// One step of a write bounded by `deadline`: a socket error ends the connection; a step that
+/// waits is pending until `deadline`, then the verdict (see [`stalled`]).
+#[inline]
+fn bounded(
+    step: Poll<std::io::Result<()>>,
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    deadline: Instant,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), Outcome>> {
+    match step {
+        Poll::Ready(r) => Poll::Ready(r.map_err(write_failed)),
+        Poll::Pending => stalled(timer, deadline, cx),
+    }
+}
+
+/// A write step is waiting for the socket: pending until `deadline`, then the verdict. The timer
+/// is made (and boxed) only now, so writes that never wait cost none.
+#[cold]
 fn stalled(
     timer: &mut Option<Pin<Box<Sleep>>>,
     deadline: Instant,
@@ -657,16 +664,6 @@ fn stalled(
         ))),
         Poll::Pending => Poll::Pending,
     }
-}
-
-/// Sends our Close with `code` and flushes it.
-async fn send_close(ws: &mut Socket, code: u16) -> std::io::Result<()> {
-    std::future::poll_fn(|cx| {
-        std::task::ready!(ws.poll_ready(cx))?;
-        ws.start_close(cx, code)?;
-        ws.poll_flush(cx)
-    })
-    .await
 }
 
 /// The frame of heartbeat ping number `n`: the configured text, or a Ping frame carrying `n`
@@ -956,8 +953,8 @@ impl Task {
                 }
                 Turn::ServerClosed(o) => {
                     // Our answer to the server's Close is queued; send it.
-                    let flush = std::future::poll_fn(|cx| ws.poll_flush(cx));
-                    let _ = Box::pin(tokio::time::timeout(self.cfg.close_timeout, flush)).await;
+                    let _ =
+                        Box::pin(tokio::time::timeout(self.cfg.close_timeout, ws.flush())).await;
                     return self.lost(*o);
                 }
                 Turn::ReadError(e) => {
@@ -1157,8 +1154,7 @@ impl Task {
         ws: &mut Socket,
         hb: &mut Heartbeat,
     ) -> Result<(), Outcome> {
-        let cfg = &self.cfg;
-        write(ws, OP_TEXT, cfg.pong_text.as_bytes(), hb.dead_by()).await?;
+        write(ws, OP_TEXT, self.cfg.pong_text.as_bytes(), hb.dead_by()).await?;
         bump(&self.shared.counters.server_pings_answered, 1);
         hb.on_inbound(Instant::now());
         self.emit(&Event::Heartbeat(HeartbeatEvent::ServerPing {
@@ -1209,7 +1205,7 @@ impl Task {
             // just before the bad frame, say), bounded like a close handshake.
             let deadline = Instant::now() + self.cfg.close_timeout;
             self.flush_all(ws, hb, deadline).await;
-            let _ = tokio::time::timeout_at(deadline, send_close(ws, code)).await;
+            let _ = tokio::time::timeout_at(deadline, ws.close(code)).await;
         }
         Outcome {
             close_code: code.unwrap_or(0),
@@ -1234,8 +1230,7 @@ impl Task {
         std::future::poll_fn(|cx| loop {
             match ws.poll_ready(cx) {
                 Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(write_failed(e))),
-                Poll::Pending => return stalled(&mut timer, deadline, cx),
+                step => return bounded(step, &mut timer, deadline, cx),
             }
             let msg = if batch < FLUSH_BATCH {
                 let mut g = self.shared.lock();
@@ -1253,11 +1248,7 @@ impl Task {
                 None
             };
             let Some(msg) = msg else {
-                return match ws.poll_flush(cx) {
-                    Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
-                    Poll::Ready(Err(e)) => Poll::Ready(Err(write_failed(e))),
-                    Poll::Pending => stalled(&mut timer, deadline, cx),
-                };
+                return bounded(ws.poll_flush(cx), &mut timer, deadline, cx);
             };
             let op = if msg.binary { OP_BINARY } else { OP_TEXT };
             if let Err(e) = ws.start_send(cx, op, &msg.data) {
@@ -1312,33 +1303,35 @@ impl Task {
                     return;
                 }
                 while self.settled < self.written {
-                    let read =
-                        std::future::poll_fn(|cx| ws.poll_recv(cx, |m| self.while_closing(hb, m)));
-                    match read.await {
+                    match self.read_while_closing(ws, hb).await {
                         Ok(false) => {}
                         Ok(true) => {
                             // The server closed first: send the answer the wire queued.
-                            let _ = std::future::poll_fn(|cx| ws.poll_flush(cx)).await;
+                            let _ = ws.flush().await;
                             return;
                         }
                         Err(_) => return,
                     }
                 }
             }
-            if send_close(ws, 1000).await.is_err() {
+            if ws.close(1000).await.is_err() {
                 return;
             }
             // Until the server's Close (or EOF); data arriving meanwhile is still delivered.
-            loop {
-                let read =
-                    std::future::poll_fn(|cx| ws.poll_recv(cx, |m| self.while_closing(hb, m)));
-                if !matches!(read.await, Ok(false)) {
-                    break;
-                }
-            }
+            while let Ok(false) = self.read_while_closing(ws, hb).await {}
         })
         .await;
         Outcome::new(Reason::UserClose, "closed by the host")
+    }
+
+    /// Reads one message while closing (see [`while_closing`](Self::while_closing)). True for the
+    /// server's Close.
+    async fn read_while_closing(
+        &mut self,
+        ws: &mut Socket,
+        hb: &mut Heartbeat,
+    ) -> Result<bool, WireError> {
+        std::future::poll_fn(|cx| ws.poll_recv(cx, |m| self.while_closing(hb, m))).await
     }
 
     /// A message read while closing: a pong confirms what it answers; data is delivered. True

@@ -105,8 +105,8 @@ impl Default for Config {
             fatal_http_statuses: vec![400, 401, 403, 404, 426],
             fatal_close_codes: vec![1002, 1003, 1007, 1008, 1010],
             max_message_size: 1 << 20,
-            // Held by every idle connection, so small; a frame larger than it is read into a
-            // buffer reserved for the whole frame, in reads of this size.
+            // Read through the stack, so it costs an idle connection nothing; a frame larger
+            // than it is read straight into a buffer that grows as the frame arrives.
             read_buffer_size: 4096,
             write_buffer_size: 0,
             send_queue_messages: 1024,

@@ -285,11 +285,7 @@ async fn upgrade(
             continue;
         };
         // What followed the headers is the start of the first frames.
-        let rest = if header_len < buf.len() {
-            buf[header_len..].to_vec()
-        } else {
-            Vec::new()
-        };
+        let rest = buf.split_off(header_len);
         drop(buf);
         let ws = Wire::new(
             tcp,

@@ -31,15 +31,18 @@ struct Global {
 
 static GLOBAL: OnceLock<Global> = OnceLock::new();
 static WORKER_THREADS: AtomicUsize = AtomicUsize::new(1);
+/// The most worker threads one may ask for.
+pub const MAX_WORKER_THREADS: usize = 64;
+
 /// Set in a `fork()` child by the handler [`handle`] registers with `pthread_atfork`: the check
 /// on every call is then a load, not a `getpid` system call (glibc no longer caches the pid).
 static FORKED: AtomicBool = AtomicBool::new(false);
+/// The registration failed (out of memory): [`forked`] compares the pid instead.
+static NO_ATFORK: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn in_fork_child() {
     FORKED.store(true, Ordering::Relaxed);
 }
-/// The most worker threads one may ask for.
-pub const MAX_WORKER_THREADS: usize = 64;
 
 thread_local! {
     static ON_RUNTIME_THREAD: Cell<bool> = const { Cell::new(false) };
@@ -68,6 +71,8 @@ pub fn started() -> bool {
 /// that is at its next `hb_connect`.)
 pub fn forked() -> bool {
     FORKED.load(Ordering::Relaxed)
+        || (NO_ATFORK.load(Ordering::Relaxed)
+            && GLOBAL.get().is_some_and(|g| g.pid != std::process::id()))
 }
 
 /// True on one of the runtime's own threads, that is: inside any hbws callback.
@@ -80,7 +85,9 @@ pub fn handle() -> Result<Handle, RuntimeError> {
     let g = GLOBAL.get_or_init(|| {
         // SAFETY: registers a handler that only stores to an atomic, which is
         // async-signal-safe, as a fork child handler must be.
-        unsafe { libc::pthread_atfork(None, None, Some(in_fork_child)) };
+        if unsafe { libc::pthread_atfork(None, None, Some(in_fork_child)) } != 0 {
+            NO_ATFORK.store(true, Ordering::Relaxed);
+        }
         Global {
             runtime: start(WORKER_THREADS.load(Ordering::SeqCst)),
             pid: std::process::id(),

@@ -220,32 +220,19 @@ impl State {
     /// Appends a masked frame to `tx`.
     fn queue(&mut self, op: u8, payload: &[u8]) {
         let mut head = [0u8; MAX_HEADER];
-        let n = encode_header(&mut head, op, payload.len(), mask_key());
+        let key = mask_key();
+        let n = encode_header(&mut head, op, payload.len(), key);
         self.tx.reserve(n + payload.len());
         self.tx.extend_from_slice(&head[..n]);
         let start = self.tx.len();
         self.tx.extend_from_slice(payload);
-        mask(
-            &mut self.tx[start..],
-            head[n - 4..n].try_into().expect("4 bytes"),
-        );
+        mask(&mut self.tx[start..], key);
     }
 
-    /// Handles one complete frame. `Some`: `f` was called with what it carried (a data message
-    /// once complete, or a control frame); `None`: a fragment was kept, `f` is left.
-    fn frame<T, F: FnOnce(In<'_>) -> T>(
-        &mut self,
-        h: Header,
-        payload: &[u8],
-        f: &mut Option<F>,
-    ) -> Result<Option<T>, WireError> {
-        fn call<T, F: FnOnce(In<'_>) -> T>(f: &mut Option<F>, m: In<'_>) -> Option<T> {
-            Some((f
-                .take()
-                .expect("a frame is handed over at most once per poll"))(
-                m
-            ))
-        }
+    /// Handles one complete frame: what it carried (a data message once complete, or a control
+    /// frame), or `None` for a fragment kept. A message assembled from fragments is borrowed
+    /// from `msg`; [`release_message`](Self::release_message) frees it once handed over.
+    fn frame<'a>(&'a mut self, h: Header, payload: &'a [u8]) -> Result<Option<In<'a>>, WireError> {
         match h.op {
             OP_PING => {
                 if self.closing == Closing::Open {
@@ -255,9 +242,9 @@ impl State {
                     self.pong_at = Some(self.tx.len());
                     self.queue(OP_PONG, payload);
                 }
-                Ok(call(f, In::Ping(payload)))
+                Ok(Some(In::Ping(payload)))
             }
-            OP_PONG => Ok(call(f, In::Pong(payload))),
+            OP_PONG => Ok(Some(In::Pong(payload))),
             OP_CLOSE => {
                 let close = match payload {
                     [] => None,
@@ -282,7 +269,7 @@ impl State {
                     }
                 }
                 self.closing = Closing::Received;
-                Ok(call(f, In::Close(close)))
+                Ok(Some(In::Close(close)))
             }
             op => {
                 // Data: a whole message, or a fragment of one.
@@ -295,14 +282,11 @@ impl State {
                 }
                 if op != OP_CONTINUATION && h.fin {
                     // The common case: a whole message in one frame, handed over in place.
-                    return Ok(if op == OP_TEXT {
-                        let Ok(text) = std::str::from_utf8(payload) else {
-                            return Err(WireError::Utf8);
-                        };
-                        call(f, In::Text(text))
+                    return Ok(Some(if op == OP_TEXT {
+                        In::Text(std::str::from_utf8(payload).map_err(|_| WireError::Utf8)?)
                     } else {
-                        call(f, In::Binary(payload))
-                    });
+                        In::Binary(payload)
+                    }));
                 }
                 let size = self.msg.len() as u64 + payload.len() as u64;
                 if size > self.max_message as u64 {
@@ -329,17 +313,23 @@ impl State {
                 if !h.fin {
                     return Ok(None);
                 }
-                let msg = std::mem::take(&mut self.msg);
                 let op = std::mem::replace(&mut self.msg_op, 0);
                 self.msg_utf8 = 0;
-                Ok(if op == OP_TEXT {
-                    // Validated above, fragment by fragment.
-                    let text = std::str::from_utf8(&msg).map_err(|_| WireError::Utf8)?;
-                    call(f, In::Text(text))
+                Ok(Some(if op == OP_TEXT {
+                    // Validated above, fragment by fragment; `str` needs it once more whole.
+                    In::Text(std::str::from_utf8(&self.msg).map_err(|_| WireError::Utf8)?)
                 } else {
-                    call(f, In::Binary(&msg))
-                })
+                    In::Binary(&self.msg)
+                }))
             }
+        }
+    }
+
+    /// After a message was handed over: a message assembled from fragments is freed, so nothing
+    /// is kept at rest.
+    fn release_message(&mut self) {
+        if self.msg_op == 0 && self.msg.capacity() != 0 {
+            self.msg = Vec::new();
         }
     }
 }
@@ -388,9 +378,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             },
         }
     }
-}
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// Reads until one message or control frame is complete and hands it to `f`, borrowed from
     /// the bytes read. Answers to the server's Ping and Close are queued here and go out before
     /// the next read (or write).
@@ -409,7 +397,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                 Poll::Ready(Ok(())) | Poll::Pending => {}
             }
         }
-        let mut f = Some(f);
         loop {
             if self.rx_pos < self.rx.len() {
                 // Bytes carried over from an earlier read.
@@ -420,18 +407,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                     if avail.len() >= total {
                         let start = self.rx_pos;
                         self.rx_pos += total;
-                        let out = self
-                            .st
-                            .frame(h, &self.rx[start + h.len..start + total], &mut f);
-                        if self.rx_pos == self.rx.len() {
-                            // All used: back to no buffer at rest.
-                            self.rx = Vec::new();
-                            self.rx_pos = 0;
+                        let payload = &self.rx[start + h.len..start + total];
+                        if let Some(m) = self.st.frame(h, payload)? {
+                            let t = f(m);
+                            self.st.release_message();
+                            self.release_rx();
+                            return Poll::Ready(Ok(t));
                         }
-                        match out? {
-                            Some(t) => return Poll::Ready(Ok(t)),
-                            None => continue,
-                        }
+                        self.release_rx();
+                        continue;
                     }
                     // Room for the rest of this frame, read straight into place.
                     want = total - avail.len();
@@ -458,10 +442,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                     if got.len() > total {
                         self.rx.extend_from_slice(&got[total..]);
                     }
-                    match self.st.frame(h, &got[h.len..total], &mut f)? {
-                        Some(t) => return Poll::Ready(Ok(t)),
-                        None => continue,
+                    if let Some(m) = self.st.frame(h, &got[h.len..total])? {
+                        let t = f(m);
+                        self.st.release_message();
+                        return Poll::Ready(Ok(t));
                     }
+                    continue;
                 }
                 self.rx.reserve(total.min(RESERVE_AHEAD));
             }
@@ -499,6 +485,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         // initialized and within capacity.
         unsafe { self.rx.set_len(len + n) };
         Poll::Ready(Ok(()))
+    }
+
+    /// Once every byte carried over is used: back to no buffer at rest.
+    fn release_rx(&mut self) {
+        if self.rx_pos == self.rx.len() {
+            self.rx = Vec::new();
+            self.rx_pos = 0;
+        }
     }
 
     fn eof(&self) -> WireError {
@@ -575,6 +569,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         std::task::ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// Writes everything started (answers the wire queued included) and flushes the stream.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_flush(cx)).await
+    }
+
+    /// Sends our Close with `code` (see [`start_close`](Self::start_close)) and flushes it.
+    pub async fn close(&mut self, code: u16) -> io::Result<()> {
+        std::future::poll_fn(|cx| {
+            std::task::ready!(self.poll_ready(cx))?;
+            self.start_close(cx, code)?;
+            self.poll_flush(cx)
+        })
+        .await
     }
 
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -875,7 +884,7 @@ mod tests {
             }
             got
         });
-        std::future::poll_fn(|cx| w.poll_flush(cx)).await.unwrap();
+        w.flush().await.unwrap();
         drop(w);
         // Bounded: a frame cut off would leave the reader waiting (or misreading) for ever.
         let got = tokio::time::timeout(std::time::Duration::from_secs(60), reader)
@@ -889,16 +898,6 @@ mod tests {
             (OP_PONG, b"b".to_vec()),
         ];
         assert_eq!(got, expect);
-    }
-
-    /// Sends our Close (1000) and waits until it is written.
-    async fn close_normally(w: &mut Wire<TcpStream>) {
-        std::future::poll_fn(|cx| {
-            w.start_close(cx, 1000)?;
-            w.poll_flush(cx)
-        })
-        .await
-        .unwrap();
     }
 
     /// Starts a frame without waiting for it to be written.
@@ -960,7 +959,7 @@ mod tests {
             recv(&mut w).await.unwrap(),
             Got::Close(Some((1000, "bye".into())))
         );
-        std::future::poll_fn(|cx| w.poll_flush(cx)).await.unwrap();
+        w.flush().await.unwrap();
         assert_eq!(
             read_client_frame(&mut s).await,
             (true, OP_CLOSE, vec![0x03, 0xE8])
@@ -972,11 +971,11 @@ mod tests {
             .await
             .unwrap();
         recv(&mut w).await.unwrap();
-        std::future::poll_fn(|cx| w.poll_flush(cx)).await.unwrap();
+        w.flush().await.unwrap();
         assert_eq!(read_client_frame(&mut s).await.2, 1002u16.to_be_bytes());
         // We close: data still arrives until the server's Close; writes are refused.
         let (mut w, mut s) = pair(4096, 0).await;
-        close_normally(&mut w).await;
+        w.close(1000).await.unwrap();
         assert_eq!(
             read_client_frame(&mut s).await,
             (true, OP_CLOSE, vec![0x03, 0xE8])
@@ -993,7 +992,7 @@ mod tests {
         assert!(matches!(recv(&mut w).await, Err(WireError::Closed)));
         // EOF after our Close is the end of the handshake, not a reset.
         let (mut w, mut s) = pair(4096, 0).await;
-        close_normally(&mut w).await;
+        w.close(1000).await.unwrap();
         // Read before closing, so the server's end sends FIN, not RST.
         read_client_frame(&mut s).await;
         drop(s);

@@ -363,8 +363,8 @@ pub extern "C" fn hb_config_set_max_message_size(
 
 /// Read and write sizes per connection. `read`, 256 B ..= 16 MiB (default 4096): the most asked
 /// for per read from the socket (a frame larger than that is read straight into place). Reads of
-/// up to 16 KiB go through the stack, so no buffer is kept between them. `write`, 0 ..= 16 MiB: bytes batched
-/// before a write (default 0: each message is written at once).
+/// up to 16 KiB go through the stack, so no buffer is kept between them. `write`, 0 ..= 16 MiB:
+/// bytes batched before a write (default 0: each message is written at once).
 #[no_mangle]
 pub extern "C" fn hb_config_set_buffer_sizes(
     config: *mut hb_config,

@@ -68,12 +68,9 @@ fn client(cfg: *const hb_config, url: &str) -> (*mut hb_client, Arc<Shared>) {
     let cb = hb_callbacks {
         size: std::mem::size_of::<hb_callbacks>(),
         on_state: Some(on_state),
-        on_message: None,
         on_heartbeat: Some(on_heartbeat),
-        on_dropped: None,
-        on_log: None,
         release: Some(release),
-        on_delivery: None,
+        ..Default::default()
     };
     let shared = Arc::new(Shared {
         obs: Mutex::default(),

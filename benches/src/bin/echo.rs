@@ -78,11 +78,7 @@ fn run_hbws(url: &str, k: u64) {
         size: std::mem::size_of::<hb_callbacks>(),
         on_state: Some(on_state),
         on_message: Some(on_message),
-        on_heartbeat: None,
-        on_dropped: None,
-        on_log: None,
-        release: None,
-        on_delivery: None,
+        ..Default::default()
     };
     let curl = CString::new(url).unwrap();
     let mut h = std::ptr::null_mut();

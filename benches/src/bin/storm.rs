@@ -56,12 +56,7 @@ fn main() {
     let cb = hb_callbacks {
         size: std::mem::size_of::<hb_callbacks>(),
         on_state: Some(on_state),
-        on_message: None,
-        on_heartbeat: None,
-        on_dropped: None,
-        on_log: None,
-        release: None,
-        on_delivery: None,
+        ..Default::default()
     };
     let url = CString::new(srv.url()).unwrap();
     for i in 0..n {
