@@ -180,3 +180,24 @@ pub fn now_ns() -> u64 {
     static T0: OnceLock<std::time::Instant> = OnceLock::new();
     T0.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
 }
+
+/// `hb_connect` with no error buffer, asserting it succeeded: the handle.
+pub fn connect(
+    url: &std::ffi::CStr,
+    cfg: *const hbws::ffi::hb_config,
+    cb: &hbws::ffi::hb_callbacks,
+    user_data: *mut std::ffi::c_void,
+) -> *mut hbws::ffi::hb_client {
+    let mut h = std::ptr::null_mut();
+    let st = hbws::ffi::hb_connect(
+        url.as_ptr(),
+        cfg,
+        cb,
+        user_data,
+        &mut h,
+        std::ptr::null_mut(),
+        0,
+    );
+    assert_eq!(st, hbws::ffi::hb_status::HB_OK, "hb_connect failed");
+    h
+}

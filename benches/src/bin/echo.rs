@@ -81,17 +81,7 @@ fn run_hbws(url: &str, k: u64) {
         ..Default::default()
     };
     let curl = CString::new(url).unwrap();
-    let mut h = std::ptr::null_mut();
-    let st = hb_connect(
-        curl.as_ptr(),
-        cfg,
-        &cb,
-        std::ptr::null_mut(),
-        &mut h,
-        std::ptr::null_mut(),
-        0,
-    );
-    assert_eq!(st, hb_status::HB_OK);
+    let h = hbws_bench::connect(&curl, cfg, &cb, std::ptr::null_mut());
     hb_config_free(cfg);
     HANDLE.store(h as u64, Relaxed);
     wait(|g| g.0);

@@ -202,17 +202,7 @@ fn hbws_clients(url: &str, n: u64, interval: u64) {
     };
     let curl = CString::new(url).unwrap();
     for i in 0..n {
-        let mut h = std::ptr::null_mut();
-        let st = hb_connect(
-            curl.as_ptr(),
-            cfg,
-            &cb,
-            std::ptr::null_mut(),
-            &mut h,
-            std::ptr::null_mut(),
-            0,
-        );
-        assert_eq!(st, hb_status::HB_OK);
+        let _ = hbws_bench::connect(&curl, cfg, &cb, std::ptr::null_mut());
         // Handles are leaked on purpose (the process exits); do not outrun the accept backlog.
         while OPEN.load(Relaxed) + 512 < i + 1 {
             std::thread::sleep(Duration::from_millis(1));
