@@ -463,7 +463,12 @@ fn connect(url: &str, cfg: *const hb_config, demo: &Arc<Demo>) -> Result<*mut hb
 }
 
 fn send_text(client: *mut hb_client, text: &str) -> hb_status {
-    hb_send_text(client, text.as_ptr().cast(), text.len())
+    hb_send_text(
+        client,
+        text.as_ptr().cast(),
+        text.len(),
+        std::ptr::null_mut(),
+    )
 }
 
 fn stats(client: *const hb_client) -> Result<hb_stats, String> {

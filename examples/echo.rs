@@ -204,9 +204,9 @@ unsafe extern "C" fn on_message(ud: *mut c_void, kind: i32, data: *const u8, len
     let client = c.client.load(Ordering::Acquire);
     // Same kind, same bytes; `hb_send_*` copies them, so `data` may go when this returns.
     let s = if kind == TEXT {
-        hb_send_text(client, data.cast(), len)
+        hb_send_text(client, data.cast(), len, std::ptr::null_mut())
     } else {
-        hb_send_binary(client, data, len)
+        hb_send_binary(client, data, len, std::ptr::null_mut())
     };
     if s == hb_status::HB_OK {
         c.echoed.fetch_add(1, Ordering::Relaxed);

@@ -206,7 +206,27 @@ const MAX_HEADERS: usize = 32;
 pub async fn open(target: &Target, cfg: &Config) -> Result<Box<Socket>, ConnectError> {
     let tcp = tcp_connect(target).await?;
     tcp.set_nodelay(true).map_err(ConnectError::Io)?;
+    keep_unsent_small(&tcp);
     upgrade(tcp, target, cfg).await
+}
+
+/// Most of our bytes the kernel may hold unsent (`TCP_NOTSENT_LOWAT`, Linux and Android).
+/// Without it, autotuning lets the send buffer swallow megabytes at once: a heartbeat ping
+/// written behind them waits out the whole upload in the kernel, where the session cannot see
+/// it move, and a slow but live uplink is declared dead. With it, our backlog stays in the wire,
+/// where draining is visible ([`crate::heartbeat::Heartbeat::on_progress`]), and at most this
+/// much (plus what is in flight) is ahead of a ping. 16 KiB, as widely deployed for HTTP/2;
+/// throughput is unaffected as long as the host thread answers writability in time.
+const NOTSENT_LOWAT: u32 = 16 << 10;
+
+fn keep_unsent_small(tcp: &TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        // Best effort: a kernel without the option keeps the old behaviour.
+        let _ = socket2::SockRef::from(tcp).set_tcp_notsent_lowat(NOTSENT_LOWAT);
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (tcp, NOTSENT_LOWAT);
 }
 
 async fn tcp_connect(target: &Target) -> Result<TcpStream, ConnectError> {

@@ -63,6 +63,9 @@ pub struct Heartbeat {
     sent_n: u64,
     answered_n: u64,
     missed: u32,
+    /// Last time bytes of ours that had been waiting for the socket were taken by it (see
+    /// [`on_progress`](Self::on_progress)).
+    progress_at: Option<Instant>,
 }
 
 /// Marks a ring entry as one of our heartbeat probes (marks never come near 2^63).
@@ -164,6 +167,7 @@ impl Heartbeat {
             sent_n: 0,
             answered_n: 0,
             missed: 0,
+            progress_at: None,
         }
     }
 
@@ -222,8 +226,16 @@ impl Heartbeat {
     /// Advances the schedule to `now`. `mark` is the number of messages fully written so far:
     /// a ping this asks for is sent after them (see the module's "Delivery confirmation").
     pub fn poll(&mut self, now: Instant, mark: u64) -> Tick {
-        if let Some(p) = self.outstanding {
-            let deadline = p.due + self.timeout;
+        if let Some(mut p) = self.outstanding {
+            let mut deadline = p.due + self.timeout;
+            if let Some(at) = self.progress_at.filter(|&at| now >= deadline && at > p.due) {
+                // Our data kept draining since the ping went out, so the peer is reading and the
+                // ping may still be queued behind that data: its pong timeout restarts from the
+                // last progress.
+                p.due = at;
+                self.outstanding = Some(p);
+                deadline = at + self.timeout;
+            }
             if now < deadline {
                 return Tick::Idle;
             }
@@ -311,6 +323,21 @@ impl Heartbeat {
             }
         }
         out
+    }
+
+    /// Bytes of ours that were waiting for the socket (a backlog: the socket had refused more)
+    /// were taken by it at `now`: the peer is reading. A ping sent before that may be queued
+    /// behind our own data, so its pong timeout counts from the last such progress: a slow
+    /// uplink whose bytes keep moving is never declared dead, and one that stops draining is
+    /// declared dead within the bound counted from its last progress. A write the socket takes
+    /// at once is no evidence (a black-holed link takes bytes until its buffers are full).
+    pub fn on_progress(&mut self, now: Instant) {
+        self.progress_at = Some(now);
+    }
+
+    /// Pings of ours answered on this connection, and pings sent.
+    pub fn answered(&self) -> (u64, u64) {
+        (self.answered_n, self.sent_n)
     }
 
     /// Some other frame arrived. Under [`Liveness::AnyInbound`] it answers the outstanding ping

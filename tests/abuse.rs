@@ -505,7 +505,7 @@ fn act(u: &Ud) {
         }
         Act::SendBadUtf8 => {
             let b = b"c0:\xff\xfe";
-            let st = hb_send_text(hp, b.as_ptr().cast(), b.len());
+            let st = hb_send_text(hp, b.as_ptr().cast(), b.len(), std::ptr::null_mut());
             seq.check(
                 "inside: send_text bad utf8",
                 st,
@@ -513,7 +513,7 @@ fn act(u: &Ud) {
             );
         }
         Act::SendNull(n) => {
-            let st = hb_send_binary(hp, std::ptr::null(), n);
+            let st = hb_send_binary(hp, std::ptr::null(), n, std::ptr::null_mut());
             if n == 0 {
                 account(seq, Some(cl), st, "inside: send_binary(NULL, 0)", SEND_ANY);
             } else {
@@ -526,13 +526,25 @@ fn act(u: &Ud) {
         }
         Act::Stats => stats_op(seq, hp, true, 0),
         Act::CloseSelf => {
+            // The waiting close is refused inside a callback and leaves the handle valid; the
+            // non-waiting one is the way to close from here.
             let st = hb_close(hp);
-            seq.check("inside: hb_close self", st, &[HB_OK, HB_ERR_INVALID_HANDLE]);
+            seq.check(
+                "inside: hb_close self",
+                st,
+                &[HB_ERR_IN_CALLBACK, HB_ERR_INVALID_HANDLE],
+            );
+            let st = hb_close_start(hp, 1000, std::ptr::null(), 0);
+            seq.check(
+                "inside: hb_close_start self",
+                st,
+                &[HB_OK, HB_ERR_INVALID_HANDLE],
+            );
         }
         Act::CloseMailbox(slot) => {
             let v = seq.mailbox[slot].load(SeqCst);
             if v != 0 {
-                let st = hb_close(v as *mut hb_client);
+                let st = hb_close_start(v as *mut hb_client, 4000, c"bye".as_ptr(), 3);
                 seq.check(
                     "inside: hb_close mailbox",
                     st,
@@ -606,7 +618,7 @@ fn send_text_payload(seq: &Seq, h: *mut hb_client, cl: Option<&Arc<Cl>>, pad: us
     for i in 0..pad {
         t.push_str(PAD[i % PAD.len()]);
     }
-    let st = hb_send_text(h, t.as_ptr().cast(), t.len());
+    let st = hb_send_text(h, t.as_ptr().cast(), t.len(), std::ptr::null_mut());
     if h.is_null() {
         seq.check("send_text(NULL handle)", st, &[HB_ERR_NULL]);
     } else {
@@ -626,7 +638,7 @@ fn send_binary_payload(
     b.extend_from_slice(&id.to_le_bytes());
     b.extend_from_slice(&(seq.next_msg() as u32).to_le_bytes());
     b.extend((0..pad).map(|i| (i * 131 % 256) as u8));
-    let st = hb_send_binary(h, b.as_ptr(), b.len());
+    let st = hb_send_binary(h, b.as_ptr(), b.len(), std::ptr::null_mut());
     if h.is_null() {
         seq.check("send_binary(NULL handle)", st, &[HB_ERR_NULL]);
     } else {
@@ -1297,7 +1309,12 @@ fn good_connect(seq: &Arc<Seq>, rng: &mut Rng, kind: Kind, scratch: &Cfg) {
         _ => seq.env.totals.real_clients.fetch_add(1, SeqCst),
     };
     let hello = format!("hello:{}", cl.id);
-    let st = hb_send_text(out, hello.as_ptr().cast(), hello.len());
+    let st = hb_send_text(
+        out,
+        hello.as_ptr().cast(),
+        hello.len(),
+        std::ptr::null_mut(),
+    );
     account(seq, Some(&cl), st, "send hello", SEND_ANY);
     cl.hello_ok.store(st == HB_OK, SeqCst);
     cl.handle.store(out as usize, SeqCst);
@@ -1420,7 +1437,7 @@ fn op(seq: &Arc<Seq>, rng: &mut Rng, real: bool, scratch: &Cfg) {
         33..=44 => {
             let t = pick_target(seq, rng);
             if t.ptr().is_null() {
-                let st = hb_send_binary(t.ptr(), b"x".as_ptr(), 1);
+                let st = hb_send_binary(t.ptr(), b"x".as_ptr(), 1, std::ptr::null_mut());
                 seq.check("send_binary(NULL handle)", st, &[HB_ERR_NULL]);
             } else {
                 let pad = rng.pick(&[0, 1, 2, 3, 7, 33, 255, 4097, 70_001]);
@@ -1430,7 +1447,7 @@ fn op(seq: &Arc<Seq>, rng: &mut Rng, real: bool, scratch: &Cfg) {
         45..=48 => {
             let t = pick_target(seq, rng);
             let b = rng.pick(BAD_UTF8);
-            let st = hb_send_text(t.ptr(), b.as_ptr().cast(), b.len());
+            let st = hb_send_text(t.ptr(), b.as_ptr().cast(), b.len(), std::ptr::null_mut());
             let allowed: &[hb_status] = match t {
                 Target::Null => &[HB_ERR_NULL],
                 _ => &[HB_ERR_INVALID_UTF8, HB_ERR_INVALID_HANDLE],
@@ -1449,9 +1466,9 @@ fn op(seq: &Arc<Seq>, rng: &mut Rng, real: bool, scratch: &Cfg) {
                 std::ptr::null()
             };
             let st = if text {
-                hb_send_text(t.ptr(), data.cast(), len)
+                hb_send_text(t.ptr(), data.cast(), len, std::ptr::null_mut())
             } else {
-                hb_send_binary(t.ptr(), data, len)
+                hb_send_binary(t.ptr(), data, len, std::ptr::null_mut())
             };
             let what = format!("send_{}(NULL, {len})", if text { "text" } else { "binary" });
             match (&t, len) {

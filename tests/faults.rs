@@ -335,7 +335,7 @@ impl Ledger {
         for _ in 0..n {
             let id = format!("{phase}-{}", self.accepted.len());
             match c.send_text(&id) {
-                Ok(()) => self.accepted.push((id, phase)),
+                Ok(_) => self.accepted.push((id, phase)),
                 Err(e) => panic!("send {id} refused: {e:?}"),
             }
         }
@@ -1183,7 +1183,7 @@ fn fault_restart() {
                 let p = phase.load(Ordering::SeqCst);
                 let id = format!("{}-{i}", ["live", "down", "back"][p as usize]);
                 match c.send_text(&id) {
-                    Ok(()) => {
+                    Ok(_) => {
                         accepted.push((id, p));
                         i += 1;
                     }
@@ -1415,7 +1415,8 @@ async fn fault_bad_utf8() {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
             let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-            if held.is_empty() {
+            if held.len() < 2 {
+                // The first connection of each of the two clients below.
                 // FIN, text, 2 bytes, unmasked: 0xff 0xfe is not UTF-8.
                 ws.get_mut()
                     .write_all(&[0x81, 0x02, 0xff, 0xfe])
@@ -1443,19 +1444,41 @@ async fn fault_bad_utf8() {
         rec.sink(),
     )
     .unwrap();
+    // Our own 1007 gets the verdict a server's 1007 gets: fatal by default (fatal_close_codes).
     let log = rec
-        .wait_async("protocol error", |l| {
-            count_state(l, State::Reconnecting) >= 1
-        })
+        .wait_async("protocol error", |l| count_state(l, State::Closed) >= 1)
         .await;
     let (_, opened) = find(&log, State::Open, Reason::None);
-    let (ev, at) = find(&log, State::Reconnecting, Reason::ProtocolError);
+    let (ev, at) = find(&log, State::Closed, Reason::ProtocolError);
     eprintln!("bad utf8: {:?} after {:?}", ev.detail, at - opened);
     assert_eq!(ev.close_code, 1007);
     assert!(ev.detail.contains("UTF-8"), "{:?}", ev.detail);
-    assert_eq!(at - opened, Duration::ZERO, "noticed when it arrived");
+    assert!(
+        at - opened < Duration::from_millis(5),
+        "noticed when it arrived"
+    );
     assert_eq!(code_rx.recv().await, Some(Some(1007)));
     assert!(!log.iter().any(|e| matches!(e, Ev::Message(_))));
+    assert_eq!(count_state(&log, State::Reconnecting), 0);
+    drop(c);
+    // With 1007 taken out of the set, the same fault is retried.
+    let rec = Rec::new();
+    let cfg = Config {
+        fatal_close_codes: vec![1002],
+        ..fast(1000, 500, 3)
+    };
+    let c = Client::connect_on(
+        &tokio::runtime::Handle::current(),
+        &url,
+        Arc::new(cfg),
+        rec.sink(),
+    )
+    .unwrap();
+    let log = rec
+        .wait_async("reconnecting", |l| count_state(l, State::Reconnecting) >= 1)
+        .await;
+    let (ev, _) = find(&log, State::Reconnecting, Reason::ProtocolError);
+    assert_eq!(ev.close_code, 1007);
     rec.wait_async("reconnected", |l| count_state(l, State::Open) >= 2)
         .await;
     c.close(false);
@@ -1909,4 +1932,354 @@ fn fault_flood_from_the_handshake() {
         }
     });
     verdict_through_flood("flood from the handshake", addr, &stop);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Core round two: the session waits on everything at once.
+
+/// A byte stream that reads at most `chunk` bytes per `every`: a peer that reads slowly but
+/// steadily (with a small receive buffer, below, TCP makes the sender feel it).
+struct Throttled {
+    io: tokio::net::TcpStream,
+    chunk: usize,
+    every: Duration,
+    next: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl tokio::io::AsyncRead for Throttled {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        if let Some(s) = self.next.as_mut() {
+            std::task::ready!(std::future::Future::poll(s.as_mut(), cx));
+            self.next = None;
+        }
+        let n = self.chunk.min(buf.remaining());
+        let mut small = vec![0u8; n];
+        let mut rb = tokio::io::ReadBuf::new(&mut small);
+        match std::pin::Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => {
+                buf.put_slice(rb.filled());
+                let every = self.every;
+                self.next = Some(Box::pin(tokio::time::sleep(every)));
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Throttled {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// What the slow reader saw.
+#[derive(Default)]
+struct SlowSeen {
+    connections: AtomicU64,
+    data_bytes: AtomicU64,
+    data_messages: AtomicU64,
+    pongs_sent: AtomicU64,
+    done: AtomicBool,
+}
+
+/// A server that reads about `rate` bytes per second through a 4 KiB receive buffer, answers
+/// `ping` with `pong`, and sends `srv-N` every 100 ms (its own messages, which the client must
+/// keep reading while its upload drains).
+fn slow_reader(rate: usize) -> (std::net::SocketAddr, Arc<SlowSeen>, tokio::runtime::Runtime) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let seen = Arc::new(SlowSeen::default());
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let s = seen.clone();
+    rt.spawn(async move {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = sock.listen(8).unwrap();
+        addr_tx.send(listener.local_addr().unwrap()).unwrap();
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            s.connections.fetch_add(1, Ordering::SeqCst);
+            let chunk = 1024;
+            let every = Duration::from_secs_f64(chunk as f64 / rate as f64);
+            let io = Throttled {
+                io: tcp,
+                chunk,
+                every,
+                next: None,
+            };
+            let Ok(ws) = tokio_tungstenite::accept_async(io).await else {
+                continue;
+            };
+            let (mut tx, mut rx) = ws.split();
+            let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<Message>();
+            let ticker = out_tx.clone();
+            tokio::spawn(async move {
+                for n in 0.. {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if ticker
+                        .send(Message::Text(format!("srv-{n}").into()))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                while let Some(m) = out_rx.recv().await {
+                    if tx.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let s = s.clone();
+            tokio::spawn(async move {
+                while let Some(Ok(m)) = rx.next().await {
+                    match m {
+                        Message::Text(t) if t.as_str() == "ping" => {
+                            s.pongs_sent.fetch_add(1, Ordering::SeqCst);
+                            let _ = out_tx.send(Message::Text("pong".into()));
+                        }
+                        Message::Binary(b) => {
+                            s.data_bytes.fetch_add(b.len() as u64, Ordering::SeqCst);
+                            s.data_messages.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Message::Close(_) => break,
+                        _ => {}
+                    }
+                }
+                s.done.store(true, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr_rx.recv().unwrap(), seen, rt)
+}
+
+/// Writes do not block reads, and a link whose socket keeps draining is alive: the client
+/// uploads 1 MiB to a server that reads 200 KB/s (5 s) with a heartbeat bound of 1 s
+/// (interval 400 ms, pong timeout 200 ms, 3 misses). The upload arrives whole on one
+/// connection, no heartbeat verdict falls, and the server's own messages reach the host while
+/// the upload drains. (f0e9d24: HEARTBEAT_TIMEOUT "the peer stopped reading" at about 1 s, the
+/// server's messages unread meanwhile.) Both shapes: 16 messages of 64 KiB (our pings go
+/// between them), and one message of 1 MiB (our pings wait behind it).
+#[test]
+fn fault_slow_uplink_stays_alive() {
+    for (count, size) in [(16usize, 64usize << 10), (1, 1 << 20)] {
+        let (addr, seen, _rt) = slow_reader(200_000);
+        let rec = Rec::new();
+        let cfg = Config {
+            max_message_size: 2 << 20,
+            send_queue_bytes: 8 << 20,
+            ..fast(400, 200, 3)
+        };
+        let c = connect(&format!("ws://{addr}/"), cfg, &rec);
+        rec.wait("open", WAIT, |l| count_state(l, State::Open) >= 1);
+        let before = rec
+            .events()
+            .iter()
+            .filter(|e| matches!(e, Ev::Message(_)))
+            .count();
+        let t0 = std::time::Instant::now();
+        let body = vec![7u8; size];
+        for _ in 0..count {
+            c.send_binary(&body).unwrap();
+        }
+        let total = (count * size) as u64;
+        let deadline = t0 + Duration::from_secs(60);
+        let mut during = 0;
+        while seen.data_bytes.load(Ordering::SeqCst) < total {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "upload did not finish"
+            );
+            let log = rec.events();
+            assert!(
+                !log.iter()
+                    .any(|e| matches!(e, Ev::State(s, _) if s.state != State::Open
+                    && s.state != State::Connecting)),
+                "the link was given up while it drained ({} bytes read by then): {:#?}",
+                seen.data_bytes.load(Ordering::SeqCst),
+                log.iter()
+                    .filter(|e| matches!(e, Ev::State(..) | Ev::Missed(_) | Ev::Pong(..)))
+                    .collect::<Vec<_>>()
+            );
+            during = log.iter().filter(|e| matches!(e, Ev::Message(_))).count() - before;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let took = t0.elapsed();
+        eprintln!(
+            "slow uplink {count} x {size} B: {took:?}, {during} server messages read meanwhile, \
+             {} pongs sent by the server, misses {:?}",
+            seen.pongs_sent.load(Ordering::SeqCst),
+            misses(&rec.events())
+        );
+        assert!(
+            took > Duration::from_secs(3),
+            "the reader was not slow: {took:?}"
+        );
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+        assert_eq!(seen.data_messages.load(Ordering::SeqCst), count as u64);
+        assert!(
+            during >= 10,
+            "server messages read during the upload: {during}"
+        );
+        // Confirmed once a pong after the last message comes back.
+        rec.wait("confirmed", WAIT, |l| {
+            l.iter().any(|e| {
+                matches!(e, Ev::Delivery { first, count: n, outcome: Delivery::Confirmed }
+                    if first + n - 1 == count as u64)
+            })
+        });
+        c.close(true);
+    }
+}
+
+/// `hb_close` is bounded by the close timeout even when it comes after the flush has stalled:
+/// defaults (30 s / 10 s / 3: bound 60 s), black hole, 24 MiB queued, the flush stalls for 5 s,
+/// then close. CLOSED follows within `close_timeout` (2 s) of the request, and nothing but
+/// CLOSING and CLOSED is reported after it. (f0e9d24: the close waited for the heartbeat
+/// verdict, 58.98 s, and RECONNECTING/HEARTBEAT_TIMEOUT was reported after the request.)
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn fault_close_after_stalled_flush() {
+    let (mini, addr) = Mini::spawn().await;
+    let px = Proxy::spawn(addr);
+    let cfg = Config {
+        send_queue_messages: 100_000,
+        send_queue_bytes: 64 << 20,
+        ..Config::default()
+    };
+    let rec = Rec::new();
+    let (c, _) = open_on_test_runtime(&px.url(), cfg.clone(), &rec).await;
+    let mut ledger = Ledger::default();
+    ledger.send(&c, "before", 3);
+    mini.wait_received(&ledger.ids(&["before"])).await;
+    px.set_mode(Mode::Blackhole);
+    let pad = "x".repeat(4096);
+    for i in 0..6000 {
+        let text = format!("onset-{i}-{pad}");
+        c.send_text(&text).unwrap();
+        ledger.accepted.push((text, "onset"));
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let stalled = c.stats();
+    assert!(
+        stalled.queued_messages > 0 && stalled.messages_sent > 3,
+        "the flush has started and stalled: {stalled:?}"
+    );
+    let n_before = rec.events().len();
+    let t0 = Instant::now();
+    c.close(false);
+    let log = rec
+        .wait_async("closed", |l| count_state(l, State::Closed) == 1)
+        .await;
+    let (_, closed_at) = find(&log, State::Closed, Reason::UserClose);
+    eprintln!(
+        "close after a stalled flush: CLOSED {:?} after the request",
+        closed_at - t0
+    );
+    assert!(closed_at - t0 <= cfg.close_timeout, "{:?}", closed_at - t0);
+    let after: Vec<_> = states(&log[n_before..]);
+    assert_eq!(
+        after,
+        vec![
+            (State::Closing, Reason::UserClose),
+            (State::Closed, Reason::UserClose)
+        ]
+    );
+    let b = ledger.balance(&mini.texts(), &log);
+    b.assert_strict_except(&["onset"]);
+}
+
+/// `hb_close` of a client that is not OPEN (waiting to reconnect) still reports CLOSING before
+/// CLOSED. (f0e9d24: CLOSED alone.)
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn fault_close_while_reconnecting_says_closing() {
+    // A port nobody listens on: every attempt is refused.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let rec = Rec::new();
+    let c = Client::connect_on(
+        &tokio::runtime::Handle::current(),
+        &format!("ws://127.0.0.1:{port}/"),
+        Arc::new(fast(1000, 500, 3)),
+        rec.sink(),
+    )
+    .unwrap();
+    rec.wait_async("reconnecting", |l| count_state(l, State::Reconnecting) >= 1)
+        .await;
+    c.close(false);
+    let log = rec
+        .wait_async("closed", |l| count_state(l, State::Closed) == 1)
+        .await;
+    let s = states(&log);
+    assert_eq!(
+        &s[s.len() - 2..],
+        &[
+            (State::Closing, Reason::UserClose),
+            (State::Closed, Reason::UserClose)
+        ],
+        "{s:?}"
+    );
+}
+
+/// Only a pong that answers one of our pings proves a connection: a server that says `pong`
+/// right after the 101 and drops the connection is not proof, so `max_attempts` (3) ends the
+/// client. (f0e9d24: the unsolicited pong reset the backoff: attempt 1 for ever.)
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn fault_unsolicited_pong_proves_nothing() {
+    let addr = hostile_server(|mut ws| async move {
+        let _ = ws.send(Message::Text("pong".into())).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        drop(ws);
+    })
+    .await;
+    let rec = Rec::new();
+    let cfg = Config {
+        max_attempts: 3,
+        ..fast(1000, 500, 3)
+    };
+    let _c = Client::connect_on(
+        &tokio::runtime::Handle::current(),
+        &format!("ws://{addr}/"),
+        Arc::new(cfg),
+        rec.sink(),
+    )
+    .unwrap();
+    let log = rec
+        .wait_async("gave up", |l| count_state(l, State::Closed) == 1)
+        .await;
+    assert!(
+        has(&log, State::Closed, Reason::MaxAttempts),
+        "{:?}",
+        states(&log)
+    );
+    // The first connection and three reconnects, each dropped after its unsolicited pong.
+    assert_eq!(count_state(&log, State::Open), 4, "{:?}", states(&log));
 }

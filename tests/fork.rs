@@ -45,7 +45,7 @@ fn fork_child_gets_a_clear_error() {
                 .to_bytes()
                 .windows(4)
                 .any(|w| w == b"fork")
-            && hb_send_text(h, c"x".as_ptr(), 1) == HB_ERR_FORKED
+            && hb_send_text(h, c"x".as_ptr(), 1, std::ptr::null_mut()) == HB_ERR_FORKED
             && hb_close(h) == HB_ERR_FORKED
             && hb_runtime_set_threads(2) == HB_ERR_FORKED;
         unsafe { libc::_exit(if ok { 0 } else { 1 }) };

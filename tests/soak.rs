@@ -481,7 +481,7 @@ impl Shared {
         // Under the book's lock, so the server cannot report it before it is booked, and no
         // connection death can slip between the send and the marker's record.
         match clients[i].send_text(&format!("{i}:{seq}")) {
-            Ok(()) => {
+            Ok(_) => {
                 b.next_seq += 1;
                 if marker {
                     b.marker = Some((seq, b.deaths));

@@ -349,7 +349,7 @@ fn oversize_inbound_message_closes_with_1009() {
     // Too big to send is refused at the call.
     let big = vec![0u8; 1025];
     assert_eq!(
-        hb_send_binary(c.h, big.as_ptr(), big.len()),
+        hb_send_binary(c.h, big.as_ptr(), big.len(), std::ptr::null_mut()),
         HB_ERR_MESSAGE_TOO_BIG
     );
     c.wait_open(2);
@@ -504,24 +504,36 @@ fn bad_inputs_get_error_statuses() {
     let c = TestClient::connect(&srv.url(), None);
     c.wait_open(1);
     // Sends: NULL with a length, invalid UTF-8, empty messages.
-    assert_eq!(hb_send_text(c.h, std::ptr::null(), 5), HB_ERR_NULL);
-    assert_eq!(hb_send_binary(c.h, std::ptr::null(), 5), HB_ERR_NULL);
+    assert_eq!(
+        hb_send_text(c.h, std::ptr::null(), 5, std::ptr::null_mut()),
+        HB_ERR_NULL
+    );
+    assert_eq!(
+        hb_send_binary(c.h, std::ptr::null(), 5, std::ptr::null_mut()),
+        HB_ERR_NULL
+    );
     let bad = [0xffu8, 0xfe, 0x41];
     assert_eq!(
-        hb_send_text(c.h, bad.as_ptr().cast(), bad.len()),
+        hb_send_text(c.h, bad.as_ptr().cast(), bad.len(), std::ptr::null_mut()),
         HB_ERR_INVALID_UTF8
     );
-    assert_eq!(hb_send_text(c.h, std::ptr::null(), 0), HB_OK);
-    assert_eq!(hb_send_binary(c.h, std::ptr::null(), 0), HB_OK);
+    assert_eq!(
+        hb_send_text(c.h, std::ptr::null(), 0, std::ptr::null_mut()),
+        HB_OK
+    );
+    assert_eq!(
+        hb_send_binary(c.h, std::ptr::null(), 0, std::ptr::null_mut()),
+        HB_OK
+    );
     // Handles: NULL, forged, and stale after close.
     assert_eq!(
-        hb_send_text(std::ptr::null_mut(), c"x".as_ptr(), 1),
+        hb_send_text(std::ptr::null_mut(), c"x".as_ptr(), 1, std::ptr::null_mut()),
         HB_ERR_NULL
     );
     for forged in [0x1usize, 0xdead_beef, usize::MAX, (77usize << 32) | 1] {
         let h = forged as *mut hb_client;
         assert_eq!(
-            hb_send_text(h, c"x".as_ptr(), 1),
+            hb_send_text(h, c"x".as_ptr(), 1, std::ptr::null_mut()),
             HB_ERR_INVALID_HANDLE,
             "{forged:#x}"
         );
@@ -687,7 +699,10 @@ fn client_without_callbacks_waits_until_they_are_set_and_loses_nothing() {
     );
     assert_eq!(s, HB_OK);
     // Queued before anything is connected.
-    assert_eq!(hb_send_text(h, c"early".as_ptr(), 5), HB_OK);
+    assert_eq!(
+        hb_send_text(h, c"early".as_ptr(), 5, std::ptr::null_mut()),
+        HB_OK
+    );
     let rec = Recorder::new();
     let cb = callbacks();
     assert_eq!(

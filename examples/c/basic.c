@@ -125,15 +125,15 @@ int main(int argc, char **argv) {
     }
 
     /* Errors are statuses, never crashes. */
-    if (hb_send_text(client, NULL, 3) != HB_ERR_NULL) return 1;
-    if (hb_send_text(client, "\xff", 1) != HB_ERR_INVALID_UTF8) return 1;
+    if (hb_send_text(client, NULL, 3, NULL) != HB_ERR_NULL) return 1;
+    if (hb_send_text(client, "\xff", 1, NULL) != HB_ERR_INVALID_UTF8) return 1;
 
     if (!wait_flag(&app.open)) {
         fprintf(stderr, "never opened\n");
         return 1;
     }
     const char *msg = "hello from C";
-    st = hb_send_text(client, msg, strlen(msg));
+    st = hb_send_text(client, msg, strlen(msg), NULL);
     if (st != HB_OK) {
         fprintf(stderr, "hb_send_text: %s\n", hb_status_str(st));
         return 1;

@@ -60,7 +60,7 @@ int main(int argc, char **argv) {
             fprintf(stderr, "cycle %d: never opened\n", i);
             return 1;
         }
-        if (hb_send_text(client, "x", 1) != HB_OK) return 1;
+        if (hb_send_text(client, "x", 1, NULL) != HB_OK) return 1;
         if (hb_close(client) != HB_OK || !atomic_load(&c.released)) {
             fprintf(stderr, "cycle %d: close failed\n", i);
             return 1;

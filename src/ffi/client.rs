@@ -6,8 +6,8 @@ use std::sync::Arc;
 use super::hb_status::{self, *};
 use super::{bytes, cstr, guard, handle, hb_config, put, text, write_message};
 use crate::client::{
-    Client, CreateError, Delivery, Event, EventSink, HeartbeatEvent, Reason, SendError, State,
-    Stats,
+    check_close_frame, Client, CreateError, Delivery, Event, EventSink, HeartbeatEvent, Reason,
+    SendError, State, Stats,
 };
 use crate::config::Config;
 use crate::connect::UrlError;
@@ -524,12 +524,24 @@ fn send_status(e: SendError) -> hb_status {
     }
 }
 
+/// Writes a send's id to `id_out` (which may be NULL: the caller does not want it).
+fn sent(id: u64, id_out: *mut u64) -> Result<(), hb_status> {
+    if !id_out.is_null() {
+        // SAFETY: non-NULL; the caller promises a writable uint64_t.
+        unsafe { id_out.write_unaligned(id) };
+    }
+    Ok(())
+}
+
 /// Queues a text message (`len` bytes of UTF-8 at `data`; `(NULL, 0)` is the empty message).
 /// The bytes are copied; the call never blocks. While not OPEN the message waits in the offline
-/// queue and goes out, in order, after (re)connection. A message accepted here is either sent or
-/// reported through `on_dropped`.
+/// queue and goes out, in order, after (re)connection. On success `*id_out` (if `id_out` is not
+/// NULL) receives the message's id: the n-th message this client accepted has id n, from 1, and
+/// `on_delivery` reports every id exactly once. A refused message gets no id.
 ///
-/// Thread safety: any thread, including inside a callback.
+/// Ownership: the bytes are copied; nothing is kept.
+/// Thread safety: any thread, including inside a callback; concurrent senders each learn their
+/// own id.
 /// Errors: `HB_ERR_NULL`, `HB_ERR_INVALID_UTF8`, `HB_ERR_INVALID_HANDLE`, `HB_ERR_CLOSED`,
 /// `HB_ERR_QUEUE_FULL`, `HB_ERR_MESSAGE_TOO_BIG`, `HB_ERR_NOT_OPEN`, `HB_ERR_FORKED`.
 #[no_mangle]
@@ -537,46 +549,113 @@ pub extern "C" fn hb_send_text(
     client: *mut hb_client,
     data: *const c_char,
     len: usize,
+    id_out: *mut u64,
 ) -> hb_status {
     guard(|| {
         let c = handle::get(client as usize)?;
         let t = text(data, len)?;
-        c.send_text(t).map_err(send_status)
+        sent(c.send_text(t).map_err(send_status)?, id_out)
     })
 }
 
 /// Queues a binary message (`len` bytes at `data`; `(NULL, 0)` is the empty message). As
 /// `hb_send_text` otherwise.
 ///
+/// Ownership: the bytes are copied; nothing is kept.
 /// Thread safety: any thread, including inside a callback.
 /// Errors: as `hb_send_text`, without `HB_ERR_INVALID_UTF8`.
 #[no_mangle]
-pub extern "C" fn hb_send_binary(client: *mut hb_client, data: *const u8, len: usize) -> hb_status {
+pub extern "C" fn hb_send_binary(
+    client: *mut hb_client,
+    data: *const u8,
+    len: usize,
+    id_out: *mut u64,
+) -> hb_status {
     guard(|| {
         let c = handle::get(client as usize)?;
         let b = bytes(data, len)?;
-        c.send_binary(b).map_err(send_status)
+        sent(c.send_binary(b).map_err(send_status)?, id_out)
     })
 }
 
-/// Closes the client and frees its handle. Queued messages are flushed, then the close handshake
-/// runs, both bounded by the close timeout; what could not be sent is reported through
-/// `on_dropped`; the last callback is the CLOSED state; then `release` runs.
+/// Closes the client with code 1000 and waits until it has closed: `hb_close_with(client, 1000,
+/// NULL, 0)`.
 ///
-/// Called outside a callback, it returns after all of that: no callback of this client starts
-/// after it returns. Called inside any hbws callback (on the runtime thread) it only starts the
-/// close and returns at once; the remaining events follow after the callback returns.
-///
-/// Ownership: consumes the handle; any later use of it is `HB_ERR_INVALID_HANDLE`.
-/// Thread safety: any thread, including inside a callback.
-/// Errors: `HB_ERR_NULL`, `HB_ERR_INVALID_HANDLE` (also for a second close), `HB_ERR_FORKED`.
+/// Ownership: consumes the handle on success; any later use of it is `HB_ERR_INVALID_HANDLE`.
+/// Thread safety: any thread but the library's own: inside a callback it is refused
+/// (`HB_ERR_IN_CALLBACK`, the handle stays valid): use `hb_close_start` there.
+/// Errors: `HB_ERR_NULL`, `HB_ERR_INVALID_HANDLE` (also for a second close), `HB_ERR_IN_CALLBACK`,
+/// `HB_ERR_FORKED`.
 #[no_mangle]
 pub extern "C" fn hb_close(client: *mut hb_client) -> hb_status {
-    guard(|| {
-        let c = handle::remove(client as usize)?;
-        c.close(!runtime::on_runtime_thread());
-        Ok(())
-    })
+    guard(|| close(client, 1000, std::ptr::null(), 0, true))
+}
+
+/// Closes the client with Close `code` (1000, or 3000-4999) and `reason` (`reason_len` bytes of
+/// UTF-8, at most 123; `(NULL, 0)` for none), and waits until it has closed. From the call on,
+/// the client is on its close path, bounded by the close timeout (default 2 s) whatever the
+/// link does: queued messages are flushed, one more ping learns what the server has read, the
+/// Close handshake runs (it always gets a share of the time, so the server sees our code); what
+/// was not sent is reported through `on_dropped` and `on_delivery`; the last state is CLOSED;
+/// then `release` runs, and only then does this return: no callback of this client starts after
+/// it returns. After the request only CLOSING and CLOSED are reported.
+///
+/// Ownership: consumes the handle on success; any later use of it is `HB_ERR_INVALID_HANDLE`.
+/// Thread safety: any thread but the library's own: inside a callback it is refused
+/// (`HB_ERR_IN_CALLBACK`, nothing done, the handle stays valid). A second close of the same
+/// handle, even while the first waits, is `HB_ERR_INVALID_HANDLE` at once: it did not close
+/// anything, and the first close's return (or `release`) tells when the client has ended.
+/// Errors: `HB_ERR_NULL`, `HB_ERR_INVALID_ARGUMENT` (code, reason length), `HB_ERR_INVALID_UTF8`,
+/// `HB_ERR_INVALID_HANDLE`, `HB_ERR_IN_CALLBACK`, `HB_ERR_FORKED`.
+#[no_mangle]
+pub extern "C" fn hb_close_with(
+    client: *mut hb_client,
+    code: u16,
+    reason: *const c_char,
+    reason_len: usize,
+) -> hb_status {
+    guard(|| close(client, code, reason, reason_len, true))
+}
+
+/// Starts closing the client (as `hb_close_with`) and returns at once, from any thread,
+/// including inside a callback. The close completes on the library's thread: its end is the
+/// CLOSED state event, followed by `release(user_data)`; free what the callbacks use in
+/// `release`, not after this call.
+///
+/// Ownership: consumes the handle on success; any later use of it is `HB_ERR_INVALID_HANDLE`.
+/// Thread safety: any thread, including inside a callback.
+/// Errors: `HB_ERR_NULL`, `HB_ERR_INVALID_ARGUMENT` (code, reason length), `HB_ERR_INVALID_UTF8`,
+/// `HB_ERR_INVALID_HANDLE` (also for a second close), `HB_ERR_FORKED`.
+#[no_mangle]
+pub extern "C" fn hb_close_start(
+    client: *mut hb_client,
+    code: u16,
+    reason: *const c_char,
+    reason_len: usize,
+) -> hb_status {
+    guard(|| close(client, code, reason, reason_len, false))
+}
+
+fn close(
+    client: *mut hb_client,
+    code: u16,
+    reason: *const c_char,
+    reason_len: usize,
+    wait: bool,
+) -> Result<(), hb_status> {
+    if client.is_null() {
+        return Err(HB_ERR_NULL);
+    }
+    let reason = text(reason, reason_len)?;
+    check_close_frame(code, reason).map_err(|_| HB_ERR_INVALID_ARGUMENT)?;
+    if wait && runtime::on_runtime_thread() {
+        // Checked before the handle is taken, so the refused call leaves it valid.
+        handle::get(client as usize)?;
+        return Err(HB_ERR_IN_CALLBACK);
+    }
+    let c = handle::remove(client as usize)?;
+    c.close_with(code, reason, wait);
+    Ok(())
 }
 
 /// Fills `*out` with the client's counters. Set `out->size = sizeof(hb_stats)` first.

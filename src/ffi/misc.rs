@@ -41,6 +41,7 @@ pub extern "C" fn hb_status_str(status: i32) -> *const c_char {
             -13 => c"hbws cannot be used in a fork() child of the process that started it",
             -14 => c"the runtime has already started",
             -15 => c"internal error (panic) in hbws",
+            -16 => c"this call waits, and would deadlock inside a callback: nothing was done",
             _ => c"unknown status",
         };
         s.as_ptr()

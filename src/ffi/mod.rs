@@ -56,6 +56,9 @@ pub enum hb_status {
     HB_ERR_ALREADY_STARTED = -14,
     /// A bug in hbws panicked; the call had no effect that can be relied on.
     HB_ERR_PANIC = -15,
+    /// A call that waits was made from inside a callback (on the library's thread), where
+    /// waiting would deadlock; it did nothing. Use the non-waiting form (`hb_close_start`).
+    HB_ERR_IN_CALLBACK = -16,
 }
 
 use hb_status::*;

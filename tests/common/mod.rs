@@ -169,7 +169,8 @@ unsafe extern "C" fn on_message(ud: *mut c_void, kind: i32, data: *const u8, len
         let h = r.self_handle.load(Ordering::SeqCst) as *mut hb_client;
         *r.close_status_inside
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(hb_close(h));
+            .unwrap_or_else(|p| p.into_inner()) =
+            Some(hb_close_start(h, 1000, std::ptr::null(), 0));
     }
 }
 
@@ -302,7 +303,7 @@ impl TestClient {
     }
 
     pub fn send_text(&self, s: &str) -> hb_status {
-        hb_send_text(self.h, s.as_ptr().cast(), s.len())
+        hb_send_text(self.h, s.as_ptr().cast(), s.len(), std::ptr::null_mut())
     }
 
     pub fn stats(&self) -> hb_stats {

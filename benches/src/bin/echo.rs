@@ -60,7 +60,7 @@ unsafe extern "C" fn on_message(_: *mut c_void, _kind: i32, _data: *const u8, _l
             SENT_AT.store(now_ns(), Relaxed);
         }
         let h = HANDLE.load(Relaxed) as *mut hb_client;
-        let st = hb_send_text(h, MSG.as_ptr() as *const _, MSG.len());
+        let st = hb_send_text(h, MSG.as_ptr() as *const _, MSG.len(), std::ptr::null_mut());
         assert_eq!(st, hb_status::HB_OK);
     } else {
         signal(|g| g.1 = true);
@@ -90,7 +90,7 @@ fn run_hbws(url: &str, k: u64) {
             SENT_AT.store(now_ns(), Relaxed);
         }
         assert_eq!(
-            hb_send_text(h, MSG.as_ptr() as *const _, MSG.len()),
+            hb_send_text(h, MSG.as_ptr() as *const _, MSG.len(), std::ptr::null_mut()),
             hb_status::HB_OK
         );
         wait(|g| g.1);
