@@ -699,12 +699,12 @@ impl Session<'_> {
     /// Sends our Close frame and waits for the server's.
     fn send_close(&mut self, cx: &mut Context<'_>, ws: &mut Socket) -> Result<bool, Outcome> {
         let c = self.closing.as_deref_mut().expect("closing");
-        let Some((code, _reason)) = c.frame.take() else {
+        let Some((code, reason)) = c.frame.take() else {
             c.phase = Phase::Drain;
             return Ok(true);
         };
         c.phase = Phase::Sent;
-        if let Err(e) = ws.start_close(cx, code) {
+        if let Err(e) = ws.start_close_reason(cx, code, &reason) {
             let c = self.closing.take().expect("closing");
             self.task.log(
                 LogLevel::Warn,

@@ -526,11 +526,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
 
     /// Starts our Close (code `code`, no reason); the server's answer ends reading. Once only.
     pub fn start_close(&mut self, cx: &mut Context<'_>, code: u16) -> io::Result<()> {
+        self.start_close_reason(cx, code, "")
+    }
+
+    /// Starts our Close with `code` and `reason` (cut to the 123 bytes a control frame holds,
+    /// at a character boundary). Once only.
+    pub fn start_close_reason(
+        &mut self,
+        cx: &mut Context<'_>,
+        code: u16,
+        reason: &str,
+    ) -> io::Result<()> {
         if self.st.closing != Closing::Open {
             return Ok(());
         }
+        let mut cut = reason.len().min(123);
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let mut payload = [0u8; 125];
+        payload[..2].copy_from_slice(&code.to_be_bytes());
+        payload[2..2 + cut].copy_from_slice(&reason.as_bytes()[..cut]);
         self.st.pong_at = None;
-        self.start(cx, OP_CLOSE, &code.to_be_bytes())?;
+        self.start(cx, OP_CLOSE, &payload[..2 + cut])?;
         self.st.closing = Closing::Sent;
         Ok(())
     }
