@@ -155,7 +155,11 @@ impl Task {
     pub(crate) fn set_state(&mut self, change: StateChange) {
         self.shared.lock().state = change.state;
         if self.logs(LogLevel::Info) {
-            let mut line = format!("{:?} ({:?})", change.state, change.reason).to_uppercase();
+            let mut line = format!(
+                "{} ({})",
+                screaming(&format!("{:?}", change.state)),
+                screaming(&format!("{:?}", change.reason))
+            );
             if change.state == State::Reconnecting {
                 line += &format!(
                     " attempt {} in {} ms",
@@ -369,6 +373,18 @@ impl Task {
         });
         // Drop (below) releases the sink and wakes whoever waits in close.
     }
+}
+
+/// `UserClose` → `USER_CLOSE`: the names the C API gives (`hb_reason_str`).
+fn screaming(camel: &str) -> String {
+    let mut out = String::with_capacity(camel.len() + 4);
+    for (i, ch) in camel.chars().enumerate() {
+        if ch.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(ch.to_ascii_uppercase());
+    }
+    out
 }
 
 impl Drop for Task {

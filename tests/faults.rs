@@ -2283,3 +2283,64 @@ async fn fault_unsolicited_pong_proves_nothing() {
     // The first connection and three reconnects, each dropped after its unsolicited pong.
     assert_eq!(count_state(&log, State::Open), 4, "{:?}", states(&log));
 }
+
+/// The timer is never starved: a flood of frames that never completes a message (empty
+/// non-final fragments), read 256 bytes at a time, still gets the heartbeat's verdict within
+/// its bound (interval 200 ms, timeout 100 ms, 2 misses: 400 ms) plus a stated margin of
+/// 250 ms for a loaded test machine. (f0e9d24: 1.86 s.)
+#[test]
+fn fault_fragment_flood_verdict_on_time() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = stop.clone();
+    let addr = rt.block_on(async move {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                return;
+            };
+            // A text message's first fragment, then empty continuations, none final.
+            let mut burst = vec![0x01, 0x00];
+            burst.extend(std::iter::repeat_n([0x00u8, 0x00], 32 << 10).flatten());
+            while !st.load(Ordering::SeqCst) {
+                if ws.get_mut().write_all(&burst).await.is_err() {
+                    return;
+                }
+                burst.drain(..2);
+                burst.extend_from_slice(&[0x00, 0x00]);
+            }
+        });
+        addr
+    });
+    let rec = Rec::new();
+    let cfg = Config {
+        read_buffer_size: 256,
+        ..fast(200, 100, 2)
+    };
+    let c = connect(&format!("ws://{addr}/"), cfg, &rec);
+    let log = rec.wait("open", WAIT, |l| count_state(l, State::Open) >= 1);
+    let (_, opened) = find(&log, State::Open, Reason::None);
+    let log = rec.wait("verdict", WAIT, |l| {
+        count_state(l, State::Reconnecting) >= 1
+    });
+    stop.store(true, Ordering::SeqCst);
+    let (ev, at) = find(&log, State::Reconnecting, Reason::HeartbeatTimeout);
+    eprintln!(
+        "fragment flood: verdict {:?} after OPEN (bound 400 ms): {}",
+        at - opened,
+        ev.detail
+    );
+    assert!(
+        at - opened < Duration::from_millis(400 + 250),
+        "{:?}",
+        at - opened
+    );
+    c.close(false);
+    drop(rt);
+}

@@ -125,7 +125,9 @@ fn close_sends_close_frame_to_plain_server() {
     let c = Client::connect(&py.url(), Arc::new(cfg), Some(Box::new(Sink(log.clone())))).unwrap();
     py.wait_line("open");
     c.send_text("hello").unwrap();
-    wait(&log, "the echo", |l| l.messages.iter().any(|m| m == b"hello"));
+    wait(&log, "the echo", |l| {
+        l.messages.iter().any(|m| m == b"hello")
+    });
     let t0 = Instant::now();
     c.close(true);
     let took = t0.elapsed();
@@ -152,7 +154,9 @@ fn plain_server_session_with_protocol_pings() {
     py.wait_line("open");
     wait(&log, "server pings answered", |l| l.pings_answered >= 5);
     c.send_binary(&[1, 2, 3]).unwrap();
-    wait(&log, "the echo", |l| l.messages.iter().any(|m| m == &[1, 2, 3]));
+    wait(&log, "the echo", |l| {
+        l.messages.iter().any(|m| m == &[1, 2, 3])
+    });
     c.close_with(4001, "done here", true);
     let closed = py.wait_line("closed");
     assert_eq!(closed, "closed 4001 done here");

@@ -951,3 +951,71 @@ fn callbacks_and_stats_structs_from_an_older_header_are_accepted() {
         .iter()
         .any(|r| matches!(r, Rec::Delivery { .. })));
 }
+
+/// `on_log` tells the story of a healthy session at `HB_LOG_DEBUG` (f0e9d24: 0 lines): each
+/// state change and why, the handshake, every ping and pong with its round trip, the server's
+/// pings answered, the close; and an `Authorization` value never appears.
+#[test]
+fn log_tells_the_story() {
+    let srv = server(Some(Duration::from_millis(50)));
+    let cfg = Cfg::fast(60, 50, 3);
+    assert_eq!(
+        hb_config_set_log_level(cfg.0, hb_log_level::HB_LOG_DEBUG as i32),
+        HB_OK
+    );
+    assert_eq!(
+        hb_config_add_header(
+            cfg.0,
+            c"Authorization".as_ptr(),
+            c"Bearer s3cr3t-t0ken".as_ptr()
+        ),
+        HB_OK
+    );
+    let c = TestClient::connect(&srv.url(), Some(&cfg));
+    c.wait_open(1);
+    c.rec.wait_for("pongs and server pings", WAIT, |l| {
+        let pongs = l
+            .iter()
+            .filter(|e| matches!(e, Rec::Heartbeat { kind, .. } if *kind == HB_HEARTBEAT_PONG as i32))
+            .count();
+        let pings = l
+            .iter()
+            .filter(|e| matches!(e, Rec::Heartbeat { kind, .. } if *kind == HB_HEARTBEAT_SERVER_PING as i32))
+            .count();
+        pongs >= 2 && pings >= 2
+    });
+    c.close();
+    let lines: Vec<(i32, String)> = c
+        .rec
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Rec::Log { level, message } => Some((level, message)),
+            _ => None,
+        })
+        .collect();
+    for (level, l) in &lines {
+        eprintln!("{level} {l}");
+    }
+    let has = |level: hb_log_level, needle: &str| {
+        lines
+            .iter()
+            .any(|(lv, l)| *lv == level as i32 && l.contains(needle))
+    };
+    use hbws::ffi::hb_log_level::*;
+    assert!(has(HB_LOG_INFO, "CONNECTING"), "connect attempt");
+    assert!(has(HB_LOG_INFO, "OPEN"), "open");
+    assert!(has(HB_LOG_DEBUG, "handshake"), "handshake");
+    assert!(has(HB_LOG_DEBUG, "heartbeat ping"), "our ping");
+    assert!(
+        has(HB_LOG_DEBUG, "round trip"),
+        "its pong with the round trip"
+    );
+    assert!(has(HB_LOG_DEBUG, "server ping answered"), "server ping");
+    assert!(has(HB_LOG_INFO, "CLOSING (USER_CLOSE)"), "closing, and why");
+    assert!(has(HB_LOG_INFO, "CLOSED (USER_CLOSE)"), "closed, and why");
+    assert!(
+        !lines.iter().any(|(_, l)| l.contains("s3cr3t")),
+        "a header value was logged"
+    );
+}
