@@ -798,4 +798,31 @@ mod tests {
         assert_eq!(hb.poll(t0 + s(60), 5), Tick::Idle);
         assert_eq!(hb.poll(t0 + s(81), 5), Tick::Ping);
     }
+
+    #[test]
+    fn write_progress_defers_the_pong_timeout_and_a_stall_still_ends_within_the_bound() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut hb = Heartbeat::new(&cfg(30, 10, 3, true), t0);
+        let ping_at = hb.next_wakeup();
+        assert_eq!(hb.poll(ping_at, 0), Tick::Ping);
+        // Our backlog keeps draining for 25 s after the ping: no miss while it moves.
+        let mut t = ping_at;
+        for _ in 0..25 {
+            t += Duration::from_secs(1);
+            hb.on_progress(t);
+            assert_eq!(hb.poll(t, 0), Tick::Idle, "at {:?}", t - t0);
+        }
+        let last_progress = t;
+        // Then it stops: dead exactly max_missed x timeout after the last progress.
+        let (dead_at, ticks) = run_silent(&mut hb, t0);
+        assert_eq!(t0 + dead_at, last_progress + Duration::from_secs(3 * 10));
+        // One wake-up re-reads the last progress; then two misses and the verdict.
+        assert_eq!(ticks.len(), 1 + 3, "{ticks:?}");
+        // Progress before the ping proves nothing about it.
+        let mut hb = Heartbeat::new(&cfg(30, 10, 3, true), t0);
+        hb.on_progress(t0 + ms(5));
+        let (dead_at, _) = run_silent(&mut hb, t0);
+        assert_eq!(dead_at, Duration::from_secs(60));
+    }
 }
