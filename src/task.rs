@@ -151,9 +151,14 @@ impl Task {
         }
     }
 
-    /// Every state change is told twice: as the state event, and as a log line saying why.
+    /// Every state change is told twice: as the state event, and then as a log line saying why
+    /// (before it for CLOSED, which stays the client's last event).
     pub(crate) fn set_state(&mut self, change: StateChange) {
         self.shared.lock().state = change.state;
+        let closed = change.state == State::Closed;
+        if !closed {
+            self.emit(&Event::State(&change));
+        }
         if self.logs(LogLevel::Info) {
             let mut line = format!(
                 "{} ({})",
@@ -175,7 +180,9 @@ impl Task {
             }
             self.log(LogLevel::Info, format_args!("{line}: {}", change.detail));
         }
-        self.emit(&Event::State(&change));
+        if closed {
+            self.emit(&Event::State(&change));
+        }
     }
 
     pub(crate) fn simple_state(
