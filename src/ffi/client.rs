@@ -401,7 +401,8 @@ fn sink(cb: hb_callbacks, user_data: *mut c_void) -> CSink {
 /// `url`: NUL-terminated `ws://host[:port][/path][?query]`. `config`: NULL for defaults; it is
 /// copied, so it may be changed or freed afterwards. `callbacks`: NULL, or the client's callbacks
 /// with `user_data`. No event is lost: with callbacks the first event (CONNECTING) comes after
-/// this returns; with NULL the client waits, without connecting, until `hb_set_callbacks`.
+/// `*client_out` has been written, so a callback may read the handle from where `client_out`
+/// points; with NULL the client waits, without connecting, until `hb_set_callbacks`.
 /// On success `*client_out` receives the handle. On error nothing is created, `release` is not
 /// called, and if `err_buf` is not NULL a NUL-terminated message (truncated to `err_buf_len`)
 /// says what was wrong: safe to read from any thread or goroutine.
@@ -473,12 +474,15 @@ pub extern "C" fn hb_connect(
                 return fail(s, "too many clients");
             }
         };
-        // The sink goes in only now, so no callback (and no release) can run before success.
+        // The handle is written first and the sink goes in only then: the task waits for a
+        // sink before it reports anything, so no callback (and no release) runs before the host
+        // has its handle, and none is lost.
+        put(client_out, value as *mut hb_client)?;
         if let Some(cb) = cb {
-            // Cannot fail: nobody else knows the handle yet, so the client is not closed.
+            // Cannot fail: only the host, still inside this call, knows the handle.
             let _ = client.set_sink(sink(cb, user_data));
         }
-        put(client_out, value as *mut hb_client)
+        Ok(())
     });
     if status == HB_ERR_PANIC {
         write_message(err_buf, err_buf_len, "internal error (panic) in hb_connect");
