@@ -52,12 +52,17 @@ enum hb_status
   HB_ERR_INVALID_CONFIG = -11,
   // The library's runtime could not start.
   HB_ERR_RUNTIME = -12,
-  // Called in a `fork()` child of the process that started hbws.
+  // The handle belongs to the process this one was `fork()`ed from. (A child may create
+  // clients of its own; its parent's are left alone.)
   HB_ERR_FORKED = -13,
   // A runtime setting came after the runtime had started.
   HB_ERR_ALREADY_STARTED = -14,
   // A bug in hbws panicked; the call had no effect that can be relied on.
   HB_ERR_PANIC = -15,
+  // Not allowed inside an hbws callback: it would wait for the callback itself to return.
+  HB_ERR_IN_CALLBACK = -16,
+  // The call did what it could, but what it waits for had not finished within its timeout.
+  HB_ERR_TIMEOUT = -17,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -377,7 +382,8 @@ extern "C" {
 // `url`: NUL-terminated `ws://host[:port][/path][?query]`. `config`: NULL for defaults; it is
 // copied, so it may be changed or freed afterwards. `callbacks`: NULL, or the client's callbacks
 // with `user_data`. No event is lost: with callbacks the first event (CONNECTING) comes after
-// this returns; with NULL the client waits, without connecting, until `hb_set_callbacks`.
+// `*client_out` has been written, so a callback may read the handle from where `client_out`
+// points; with NULL the client waits, without connecting, until `hb_set_callbacks`.
 // On success `*client_out` receives the handle. On error nothing is created, `release` is not
 // called, and if `err_buf` is not NULL a NUL-terminated message (truncated to `err_buf_len`)
 // says what was wrong: safe to read from any thread or goroutine.
@@ -553,12 +559,44 @@ const char *hb_state_str(int32_t state);
 // A static NUL-terminated name of an `hb_reason` ("UNKNOWN" otherwise).
 const char *hb_reason_str(int32_t reason);
 
-// Sets how many threads the library's runtime uses (1 ..= 64; default 1). Only before the
-// first `hb_connect` of the process.
+// Sets how many threads the library's runtime uses (1 ..= 64; default 1). Only while no
+// runtime runs: before the first `hb_connect` of the process, after `hb_shutdown`, or in a
+// `fork()` child before its first `hb_connect`.
 //
 // Thread safety: any thread.
-// Errors: `HB_ERR_INVALID_ARGUMENT`, `HB_ERR_ALREADY_STARTED`, `HB_ERR_FORKED`.
+// Errors: `HB_ERR_INVALID_ARGUMENT`, `HB_ERR_ALREADY_STARTED`.
 hb_status hb_runtime_set_threads(uint32_t threads);
+
+// Ends every client of the process and stops the library's runtime: what an `atexit` hook, a
+// plugin's unload or an app extension's teardown calls.
+//
+// Every live client is closed as by `hb_close` without waiting (queued messages flushed, close
+// handshake, `on_dropped`/`on_delivery` for what could not be sent, CLOSED, then `release`),
+// all at once; then it waits until they have all ended or `timeout_ms` has passed. A client
+// still running at the deadline is ended at once: it reports what it never sent, its `release`
+// runs, but its CLOSED state may not be reported. Then the runtime's threads stop (given at
+// least 100 ms more to do so, so `timeout_ms = 0` means "end everything now" and still stops
+// the threads); when this returns `HB_OK` no library thread is left, so no library code runs
+// afterwards. Returns within `timeout_ms` + 100 ms, even if a callback blocks: then with
+// `HB_ERR_TIMEOUT`, and the runtime thread stops by itself once that callback returns (it
+// calls `release`s of clients ended at the deadline on its way out).
+//
+// Afterwards every old handle is `HB_ERR_INVALID_HANDLE`. A later `hb_connect` starts a fresh
+// runtime (and `hb_runtime_set_threads` is allowed again before it). Clients created by other
+// threads while this runs may end with the runtime (as at the deadline) or live on the next
+// one. In a `fork()` child it ends the child's own clients and runtime only. With no runtime
+// running it returns `HB_OK` at once.
+//
+// Python: call it from an `atexit` hook, through a `ctypes.CDLL` (which releases the GIL during
+// the call, so callbacks waiting for the GIL can finish); then no library thread is left to ask
+// for the GIL while the interpreter finalizes.
+//
+// Thread safety: any thread, but not inside an hbws callback (`HB_ERR_IN_CALLBACK`). Calls from
+// several threads run one after the other.
+// Errors: `HB_ERR_IN_CALLBACK`; `HB_ERR_TIMEOUT` if a client or the runtime's threads had not
+// ended in time (a callback still running, or a name lookup in the resolver: it finishes on its
+// own thread, which then exits without calling the host).
+hb_status hb_shutdown(uint32_t timeout_ms);
 
 #ifdef __cplusplus
 }  // extern "C"

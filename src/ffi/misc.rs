@@ -121,9 +121,12 @@ pub extern "C" fn hb_runtime_set_threads(threads: u32) -> hb_status {
 /// handshake, `on_dropped`/`on_delivery` for what could not be sent, CLOSED, then `release`),
 /// all at once; then it waits until they have all ended or `timeout_ms` has passed. A client
 /// still running at the deadline is ended at once: it reports what it never sent, its `release`
-/// runs, but its CLOSED state may not be reported. Then the runtime's threads stop; when this
-/// returns `HB_OK` no library thread is left, so no library code runs afterwards. Returns within
-/// `timeout_ms` plus the time the callbacks running at the deadline take to return.
+/// runs, but its CLOSED state may not be reported. Then the runtime's threads stop (given at
+/// least 100 ms more to do so, so `timeout_ms = 0` means "end everything now" and still stops
+/// the threads); when this returns `HB_OK` no library thread is left, so no library code runs
+/// afterwards. Returns within `timeout_ms` + 100 ms, even if a callback blocks: then with
+/// `HB_ERR_TIMEOUT`, and the runtime thread stops by itself once that callback returns (it
+/// calls `release`s of clients ended at the deadline on its way out).
 ///
 /// Afterwards every old handle is `HB_ERR_INVALID_HANDLE`. A later `hb_connect` starts a fresh
 /// runtime (and `hb_runtime_set_threads` is allowed again before it). Clients created by other
@@ -146,6 +149,7 @@ pub extern "C" fn hb_shutdown(timeout_ms: u32) -> hb_status {
         if runtime::on_runtime_thread() {
             return Err(HB_ERR_IN_CALLBACK);
         }
+        const STOP_GRACE: Duration = Duration::from_millis(100);
         static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
         let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms));
@@ -158,7 +162,7 @@ pub extern "C" fn hb_shutdown(timeout_ms: u32) -> hb_status {
         drop(clients);
         // Tasks the host closed earlier (`hb_close` from a callback) may still be closing.
         ended &= runtime::wait_idle(left());
-        let stopped = runtime::shutdown(left());
+        let stopped = runtime::shutdown(left().max(STOP_GRACE));
         if ended && stopped {
             Ok(())
         } else {

@@ -1,0 +1,338 @@
+//! `hb_shutdown`: ends every client within its bound, stops the runtime thread, leaves old
+//! handles dead and the library usable again; refused inside a callback; and a C program that
+//! calls it before exiting while callbacks fire never aborts. (Own test binary: it stops the
+//! process's runtime. The tests here take turns.)
+
+mod common;
+
+use std::ffi::c_void;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::*;
+use hbws::ffi::hb_reason::*;
+use hbws::ffi::hb_state::*;
+use hbws::ffi::hb_status::*;
+use hbws::ffi::*;
+use hbws_server::{Server, ServerConfig, ServerEvent};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Threads of this process named "hbws" (the runtime's).
+fn hbws_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.trim_end() == "hbws")
+        .count()
+}
+
+fn pinging_server() -> Server {
+    Server::start(ServerConfig {
+        ping_interval: Some(Duration::from_millis(20)),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn shutdown_ends_every_client_and_stops_the_runtime_thread() {
+    let _t = turn();
+    let srv = pinging_server();
+    let cfg = Cfg::fast(50, 40, 3);
+    let open: Vec<TestClient> = (0..5)
+        .map(|_| TestClient::connect(&srv.url(), Some(&cfg)))
+        .collect();
+    for c in &open {
+        c.wait_open(1);
+        assert_eq!(c.send_text("queued before shutdown"), HB_OK);
+    }
+    // One that keeps retrying a refused port, and one with no callbacks (never started).
+    let retrying = TestClient::connect("ws://127.0.0.1:1/", Some(&cfg));
+    let mut bare = std::ptr::null_mut();
+    let null = std::ptr::null_mut();
+    assert_eq!(
+        hb_connect(
+            c"ws://127.0.0.1:1/".as_ptr(),
+            std::ptr::null(),
+            std::ptr::null(),
+            null,
+            &mut bare,
+            null.cast(),
+            0
+        ),
+        HB_OK
+    );
+    assert_eq!(hbws_threads(), 1);
+    let t0 = Instant::now();
+    assert_eq!(hb_shutdown(5_000), HB_OK);
+    let took = t0.elapsed();
+    eprintln!("hb_shutdown took {took:?}");
+    assert!(took < Duration::from_secs(5));
+    assert_eq!(hbws_threads(), 0, "the runtime thread is still there");
+    for c in open.iter().chain([&retrying]) {
+        assert_eq!(c.rec.released.load(Ordering::SeqCst), 1, "release ran once");
+        let states = c.rec.states();
+        assert_eq!(
+            states.last(),
+            Some(&(HB_STATE_CLOSED as i32, HB_REASON_USER_CLOSE as i32)),
+            "{states:?}"
+        );
+        assert_eq!(c.send_text("x"), HB_ERR_INVALID_HANDLE);
+        assert_eq!(hb_close(c.h), HB_ERR_INVALID_HANDLE);
+    }
+    assert_eq!(hb_close(bare), HB_ERR_INVALID_HANDLE);
+    // Each open client closed properly: its message reached the server, then a Close frame.
+    let closes = |ev: &[ServerEvent]| {
+        ev.iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    ServerEvent::CloseReceived {
+                        code: Some(1000),
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    assert!(
+        srv.wait_for(WAIT, |ev| closes(ev) == 5),
+        "{:?}",
+        srv.events()
+    );
+    assert_eq!(
+        srv.received_texts()
+            .iter()
+            .filter(|t| *t == "queued before shutdown")
+            .count(),
+        5
+    );
+
+    // The library works again: a fresh runtime, and a second shutdown.
+    let again = TestClient::connect(&srv.url(), Some(&cfg));
+    again.wait_open(1);
+    assert_eq!(hbws_threads(), 1);
+    assert_eq!(hb_shutdown(5_000), HB_OK);
+    assert_eq!(again.rec.released.load(Ordering::SeqCst), 1);
+    assert_eq!(hbws_threads(), 0);
+    // Nothing running: at once.
+    assert_eq!(hb_shutdown(0), HB_OK);
+}
+
+static INSIDE: AtomicI32 = AtomicI32::new(1);
+static INSIDE_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+unsafe extern "C" fn shutdown_from_callback(_ud: *mut c_void, _ev: *const hb_state_event) {
+    if INSIDE_CALLS.fetch_add(1, Ordering::SeqCst) == 0 {
+        INSIDE.store(hb_shutdown(1_000) as i32, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn shutdown_inside_a_callback_is_refused_not_a_deadlock() {
+    let _t = turn();
+    let cb = hb_callbacks {
+        size: std::mem::size_of::<hb_callbacks>(),
+        on_state: Some(shutdown_from_callback),
+        ..Default::default()
+    };
+    let mut h = std::ptr::null_mut();
+    let null = std::ptr::null_mut();
+    assert_eq!(
+        hb_connect(
+            c"ws://127.0.0.1:1/".as_ptr(),
+            std::ptr::null(),
+            &cb,
+            null,
+            &mut h,
+            null.cast(),
+            0
+        ),
+        HB_OK
+    );
+    let deadline = Instant::now() + WAIT;
+    while INSIDE_CALLS.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "no callback");
+        std::thread::yield_now();
+    }
+    assert_eq!(hb_shutdown(5_000), HB_OK);
+    assert_eq!(INSIDE.load(Ordering::SeqCst), HB_ERR_IN_CALLBACK as i32);
+}
+
+/// Blocks the runtime thread in a callback until the test lets it go.
+static BLOCK: Mutex<bool> = Mutex::new(false);
+static BLOCK_CV: std::sync::Condvar = std::sync::Condvar::new();
+static BLOCKED_RELEASES: AtomicUsize = AtomicUsize::new(0);
+
+unsafe extern "C" fn block_on_closing(_ud: *mut c_void, ev: *const hb_state_event) {
+    // CLOSING, or CLOSED when the close came before OPEN.
+    let s = (*ev).state;
+    if s == HB_STATE_CLOSING as i32 || s == HB_STATE_CLOSED as i32 {
+        let g = BLOCK.lock().unwrap();
+        let _g = BLOCK_CV
+            .wait_timeout_while(g, Duration::from_secs(20), |go| !*go)
+            .unwrap();
+    }
+}
+
+unsafe extern "C" fn count_release(_ud: *mut c_void) {
+    BLOCKED_RELEASES.fetch_add(1, Ordering::SeqCst);
+}
+
+#[test]
+fn shutdown_is_bounded_when_a_callback_blocks() {
+    let _t = turn();
+    let srv = pinging_server();
+    let cfg = Cfg::fast(50, 40, 3);
+    let cb = hb_callbacks {
+        size: std::mem::size_of::<hb_callbacks>(),
+        on_state: Some(block_on_closing),
+        release: Some(count_release),
+        ..Default::default()
+    };
+    let ok = TestClient::connect(&srv.url(), Some(&cfg));
+    ok.wait_open(1);
+    let url = std::ffi::CString::new(srv.url()).unwrap();
+    let mut h = std::ptr::null_mut();
+    let null = std::ptr::null_mut();
+    assert_eq!(
+        hb_connect(url.as_ptr(), cfg.0, &cb, null, &mut h, null.cast(), 0),
+        HB_OK
+    );
+    assert!(srv.wait_for(WAIT, |ev| ev
+        .iter()
+        .filter(|e| matches!(e, ServerEvent::Accepted { .. }))
+        .count()
+        == 2));
+    let t0 = Instant::now();
+    assert_eq!(hb_shutdown(300), HB_ERR_TIMEOUT);
+    let took = t0.elapsed();
+    eprintln!("hb_shutdown with a blocked callback took {took:?}");
+    assert!(
+        took < Duration::from_millis(300 + 100 + 200),
+        "not bounded: {took:?}"
+    );
+    assert_eq!(BLOCKED_RELEASES.load(Ordering::SeqCst), 0);
+    // Let the callback return: the runtime thread ends the rest and stops by itself.
+    *BLOCK.lock().unwrap() = true;
+    BLOCK_CV.notify_all();
+    let deadline = Instant::now() + WAIT;
+    while BLOCKED_RELEASES.load(Ordering::SeqCst) == 0 || hbws_threads() != 0 {
+        assert!(Instant::now() < deadline, "the runtime thread did not stop");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(BLOCKED_RELEASES.load(Ordering::SeqCst), 1);
+    assert_eq!(ok.rec.released.load(Ordering::SeqCst), 1);
+    assert_eq!(ok.send_text("x"), HB_ERR_INVALID_HANDLE);
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where cargo put libhbws.so for this test run (see tests/c_abi.rs).
+fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    if deps.join("libhbws.so").exists() {
+        deps.to_path_buf()
+    } else {
+        deps.parent().unwrap().to_path_buf()
+    }
+}
+
+const EXIT_WHILE_BUSY_C: &str = r#"
+#define _POSIX_C_SOURCE 200809L
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include "hbws.h"
+
+static atomic_long events;
+
+static void on_message(void *ud, int32_t kind, const uint8_t *data, size_t len) {
+    (void)ud; (void)kind; (void)data; (void)len;
+    events++;
+}
+static void on_heartbeat(void *ud, const hb_heartbeat_event *ev) {
+    (void)ud; (void)ev;
+    events++;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) return 2;
+    hb_callbacks cb;
+    memset(&cb, 0, sizeof cb);
+    cb.size = sizeof cb;
+    cb.on_message = on_message;
+    cb.on_heartbeat = on_heartbeat;
+    hb_client *c[4];
+    for (int i = 0; i < 4; i++) {
+        if (hb_connect(argv[1], NULL, &cb, NULL, &c[i], NULL, 0) != HB_OK) return 3;
+    }
+    /* Keep callbacks firing: messages echoed back, server pings every few ms. */
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    do {
+        for (int i = 0; i < 4; i++) hb_send_text(c[i], "busy", 4);
+        clock_gettime(CLOCK_MONOTONIC, &now);
+    } while (events < 50 && now.tv_sec - start.tv_sec < 10);
+    if (events < 50) return 4;
+    for (int i = 0; i < 4; i++) hb_send_text(c[i], "in flight", 9);
+    int32_t s = hb_shutdown(2000);
+    if (s != HB_OK) { fprintf(stderr, "hb_shutdown: %s\n", hb_status_str(s)); return 5; }
+    return 0; /* exit() with no library thread left */
+}
+"#;
+
+#[test]
+fn a_c_program_that_shuts_down_and_exits_while_callbacks_fire_never_aborts() {
+    let _t = turn();
+    let dir = std::env::temp_dir().join(format!("hbws-shutdown-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("exit_busy.c");
+    std::fs::write(&src, EXIT_WHILE_BUSY_C).unwrap();
+    let exe = dir.join("exit_busy");
+    let lib = lib_dir();
+    let out = Command::new("cc")
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-I"])
+        .arg(root().join("include"))
+        .arg(&src)
+        .arg("-L")
+        .arg(&lib)
+        .arg("-lhbws")
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cc failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let srv = Server::start(ServerConfig {
+        ping_interval: Some(Duration::from_millis(5)),
+        ..Default::default()
+    })
+    .unwrap();
+    for run in 0..20 {
+        let out = Command::new(&exe).arg(srv.url()).output().unwrap();
+        assert!(
+            out.status.success(),
+            "run {run}: {:?}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
