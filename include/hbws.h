@@ -276,12 +276,7 @@ typedef struct {
   size_t detail_len;
 } hb_state_event;
 
-// State changed. `event` is valid only during the call.
-typedef void (*hb_state_cb)(void *user_data, const hb_state_event *event);
-
-// An application message arrived. `kind` is an `hb_message_kind`; `data` (not NUL-terminated,
-// UTF-8 for text) is valid only during the call.
-typedef void (*hb_message_cb)(void *user_data, int32_t kind, const uint8_t *data, size_t len);
+typedef void (*StateFn)(void*, const hb_state_event*);
 
 // A heartbeat happening.
 typedef struct {
@@ -292,6 +287,23 @@ typedef struct {
   // Round-trip time in microseconds (`HB_HEARTBEAT_PONG`), else 0.
   uint64_t rtt_us;
 } hb_heartbeat_event;
+
+typedef void (*HeartbeatFn)(void*, const hb_heartbeat_event*);
+
+typedef void (*MessageFn)(void*, int32_t, const uint8_t*, size_t);
+
+typedef void (*CountsFn)(void*, uint64_t, uint64_t, int32_t);
+
+typedef void (*LogFn)(void*, int32_t, const char*, size_t);
+
+typedef void (*ReleaseFn)(void*);
+
+// State changed. `event` is valid only during the call.
+typedef void (*hb_state_cb)(void *user_data, const hb_state_event *event);
+
+// An application message arrived. `kind` is an `hb_message_kind`; `data` (not NUL-terminated,
+// UTF-8 for text) is valid only during the call.
+typedef void (*hb_message_cb)(void *user_data, int32_t kind, const uint8_t *data, size_t len);
 
 // A heartbeat was answered, or missed. `event` is valid only during the call.
 typedef void (*hb_heartbeat_cb)(void *user_data, const hb_heartbeat_event *event);
@@ -376,6 +388,18 @@ typedef struct {
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+extern void hbws__call_state(StateFn f, void *ud, const hb_state_event *ev);
+
+extern void hbws__call_heartbeat(HeartbeatFn f, void *ud, const hb_heartbeat_event *ev);
+
+extern void hbws__call_message(MessageFn f, void *ud, int32_t kind, const uint8_t *data, size_t len);
+
+extern void hbws__call_u64_u64_i32(CountsFn f, void *ud, uint64_t a, uint64_t b, int32_t c);
+
+extern void hbws__call_log(LogFn f, void *ud, int32_t level, const char *msg, size_t len);
+
+extern void hbws__call_release(ReleaseFn f, void *ud);
 
 // Creates a client for `url` and starts connecting in the background; returns at once.
 //

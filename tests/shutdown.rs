@@ -336,3 +336,100 @@ fn a_c_program_that_shuts_down_and_exits_while_callbacks_fire_never_aborts() {
         );
     }
 }
+
+/// A ctypes program with callbacks on four clients, exiting while they fire (argv: library, url,
+/// and optionally "shutdown" to call hb_shutdown from an atexit hook).
+const EXIT_WHILE_BUSY_PY: &str = r#"
+import ctypes, sys, time, os
+lib = ctypes.CDLL(sys.argv[1])
+url = sys.argv[2].encode()
+use_shutdown = len(sys.argv) > 3 and sys.argv[3] == "shutdown"
+
+STATE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
+MSG = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_size_t)
+HB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
+LOG = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int32, ctypes.c_char_p, ctypes.c_size_t)
+DROP = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int32)
+REL = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+DELIV = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int32)
+
+class Callbacks(ctypes.Structure):
+    _fields_ = [("size", ctypes.c_size_t), ("on_state", STATE), ("on_message", MSG),
+                ("on_heartbeat", HB), ("on_dropped", DROP), ("on_log", LOG),
+                ("release", REL), ("on_delivery", DELIV)]
+
+events = [0]
+def on_message(ud, kind, data, n):
+    events[0] += 1
+def on_heartbeat(ud, ev):
+    events[0] += 1
+def on_state(ud, ev):
+    events[0] += 1
+keep = [STATE(on_state), MSG(on_message), HB(on_heartbeat)]
+cb = Callbacks()
+cb.size = ctypes.sizeof(Callbacks)
+cb.on_state, cb.on_message, cb.on_heartbeat = keep
+lib.hb_connect.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.POINTER(Callbacks), ctypes.c_void_p,
+                           ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p, ctypes.c_size_t]
+lib.hb_send_text.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+hs = []
+for i in range(4):
+    h = ctypes.c_void_p()
+    assert lib.hb_connect(url, None, ctypes.byref(cb), None, ctypes.byref(h), None, 0) == 0
+    hs.append(h)
+t0 = time.time()
+while events[0] < 50 and time.time() - t0 < 10:
+    for h in hs:
+        lib.hb_send_text(h, b"busy", 4)
+    time.sleep(0.001)
+for h in hs:
+    for _ in range(200):
+        lib.hb_send_text(h, b"in flight", 9)
+if use_shutdown:
+    import atexit
+    lib.hb_shutdown.argtypes = [ctypes.c_uint32]
+    atexit.register(lambda: lib.hb_shutdown(2000) == 0 or os._exit(5))
+# Exit while callbacks fire: CPython ends the runtime thread with pthread_exit when a callback
+# asks for the GIL during finalization (unless hb_shutdown ran first).
+"#;
+
+fn python_exits(with_shutdown: bool) {
+    let dir = std::env::temp_dir().join(format!("hbws-pyexit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("exit_busy.py");
+    std::fs::write(&script, EXIT_WHILE_BUSY_PY).unwrap();
+    let so = lib_dir().join("libhbws.so");
+    let srv = Server::start(ServerConfig {
+        ping_interval: Some(Duration::from_millis(2)),
+        ..Default::default()
+    })
+    .unwrap();
+    for run in 0..20 {
+        let mut cmd = Command::new("python3");
+        cmd.arg(&script).arg(&so).arg(srv.url());
+        if with_shutdown {
+            cmd.arg("shutdown");
+        }
+        let out = cmd
+            .output()
+            .expect("python3 (the system's) is needed for this test");
+        assert!(
+            out.status.success(),
+            "run {run}: {:?}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn a_python_program_that_exits_while_callbacks_fire_never_aborts() {
+    let _t = turn();
+    python_exits(false);
+}
+
+#[test]
+fn a_python_program_that_shuts_down_at_exit_never_aborts() {
+    let _t = turn();
+    python_exits(true);
+}

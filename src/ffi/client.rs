@@ -4,7 +4,7 @@ use std::ffi::{c_char, c_void, CString};
 use std::sync::Arc;
 
 use super::hb_status::{self, *};
-use super::{bytes, cstr, guard, handle, hb_config, put, text, write_message};
+use super::{bytes, callguard, cstr, guard, handle, hb_config, put, text, write_message};
 use crate::client::{
     Client, CreateError, Delivery, Event, EventSink, HeartbeatEvent, Reason, SendError, State,
     Stats,
@@ -285,7 +285,7 @@ impl EventSink for CSink {
                         detail: detail.as_ptr(),
                         detail_len: detail.as_bytes().len(),
                     };
-                    unsafe { f(ud, &ev) };
+                    unsafe { callguard::state(f, ud, &ev) };
                 }
             }
             Event::Message { binary, data } => {
@@ -295,7 +295,7 @@ impl EventSink for CSink {
                     } else {
                         hb_message_kind::HB_MESSAGE_TEXT
                     };
-                    unsafe { f(ud, kind as i32, data.as_ptr(), data.len()) };
+                    unsafe { callguard::message(f, ud, kind as i32, data.as_ptr(), data.len()) };
                 }
             }
             Event::Heartbeat(h) => {
@@ -318,7 +318,7 @@ impl EventSink for CSink {
                         missed,
                         rtt_us,
                     };
-                    unsafe { f(ud, &ev) };
+                    unsafe { callguard::heartbeat(f, ud, &ev) };
                 }
             }
             Event::Dropped {
@@ -327,7 +327,7 @@ impl EventSink for CSink {
                 reason,
             } => {
                 if let Some(f) = self.cb.on_dropped {
-                    unsafe { f(ud, *count, *bytes, reason_code(*reason)) };
+                    unsafe { callguard::counts(f, ud, *count, *bytes, reason_code(*reason)) };
                 }
             }
             Event::Delivery {
@@ -341,13 +341,13 @@ impl EventSink for CSink {
                         Delivery::Unconfirmed => hb_delivery::HB_DELIVERY_UNCONFIRMED,
                         Delivery::Dropped => hb_delivery::HB_DELIVERY_DROPPED,
                     };
-                    unsafe { f(ud, *first, *count, outcome as i32) };
+                    unsafe { callguard::counts(f, ud, *first, *count, outcome as i32) };
                 }
             }
             Event::Log { level, message } => {
                 if let Some(f) = self.cb.on_log {
                     let m = c_string(message);
-                    unsafe { f(ud, *level as i32, m.as_ptr(), m.as_bytes().len()) };
+                    unsafe { callguard::log(f, ud, *level as i32, m.as_ptr(), m.as_bytes().len()) };
                 }
             }
         }
@@ -358,7 +358,7 @@ impl Drop for CSink {
     fn drop(&mut self) {
         if let Some(release) = self.cb.release {
             // SAFETY: the host's release hook, called once with its own user_data.
-            unsafe { release(self.user_data.0) };
+            unsafe { callguard::release(release, self.user_data.0) };
         }
     }
 }

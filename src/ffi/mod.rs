@@ -11,6 +11,7 @@
 use std::ffi::{c_char, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+mod callguard;
 pub mod client;
 pub mod config;
 mod handle;
