@@ -251,6 +251,13 @@ typedef int32_t hb_delivery;
 
 // An open client. Opaque: C holds `hb_client *` handles that are checked on every call, so a
 // handle used after `hb_close` is an error status, not undefined behaviour.
+//
+// A handle is an id, not an address: never dereference it. Its value is odd and never repeats
+// within a process. On 64-bit targets it lies outside every user-space address range (bit 63
+// set, bit 62 clear, bit 55 set: non-canonical on x86_64, kernel half on aarch64 even with
+// tagged pointers), so garbage collectors that scan pointer-typed fields (Go) ignore it. On
+// 32-bit targets no value is safe from every heap: keep it in an integer type there (`uintptr`
+// in Go); a closed handle's id comes back only after 2^29 - 1 more `hb_connect`s.
 typedef struct hb_client hb_client;
 
 // Client options. Create with `hb_config_new`, free with `hb_config_free`.
@@ -330,10 +337,20 @@ typedef void (*hb_delivery_cb)(void *user_data, uint64_t first_id, uint64_t coun
 // Fields are only ever added at the end: a caller compiled against an older header passes its
 // smaller `size` and the fields it does not have are NULL.
 //
+// The struct itself is copied by `hb_connect` / `hb_set_callbacks` and may be freed at once, but
+// the functions its pointers name (and `user_data`) must stay valid until `release` has run:
+// code in a plugin or a binding must not be unloaded, and a binding's callback objects (Python
+// ctypes `CFUNCTYPE`s, for one) must be kept alive until then. Without a `release`, until
+// `hb_close` has returned from outside a callback, or `hb_shutdown` has returned `HB_OK`.
+//
 // Callbacks run on the library's runtime thread, one at a time per client, never while the
 // library holds a lock. Any `hb_*` call is allowed inside them, `hb_close` included. They must
-// return normally: no C++ exception, `longjmp` or thread exit may leave a callback. A slow
-// callback delays every client sharing the runtime thread.
+// return normally: no C++ exception or `longjmp` may leave a callback. A thread exit
+// (`pthread_exit`, as CPython does to a thread that asks for the GIL while the interpreter
+// finalizes) does not crash the process, but it stops the runtime thread for good: the thread
+// is parked inside that callback, no client of the process is served any more, and no
+// `release` runs. Call `hb_shutdown` before the host tears down (Python: an `atexit` hook). A
+// slow callback delays every client sharing the runtime thread.
 typedef struct {
   // `sizeof(hb_callbacks)` as the caller compiled it, so the struct can grow.
   size_t size;
@@ -350,8 +367,15 @@ typedef struct {
 } hb_callbacks;
 
 // A snapshot of a client's counters. Set `size` to `sizeof(hb_stats)` before the call. Fields
-// are only ever added at the end; a caller with an older, smaller struct gets its fields only.
+// are only ever added at the end, so the struct a caller compiled is always a prefix of the
+// library's: `hb_get_stats` writes `min(size, the library's sizeof(hb_stats))` bytes and no
+// more, and sets `size` to that. A caller compiled against an older header (a smaller `size`)
+// gets its own fields only; one compiled against a newer header than the library keeps its
+// extra fields as it set them (zero them first), and learns from the `size` written back which
+// fields the library filled. A `size` smaller than the first version of the struct (up to
+// `rtt_mean_us`) is `HB_ERR_INVALID_ARGUMENT`.
 typedef struct {
+  // In: `sizeof(hb_stats)` as the caller compiled it. Out: the number of bytes written.
   size_t size;
   // An `hb_state`.
   int32_t state;
@@ -460,7 +484,8 @@ hb_status hb_send_binary(hb_client *client, const uint8_t *data, size_t len);
 // Errors: `HB_ERR_NULL`, `HB_ERR_INVALID_HANDLE` (also for a second close), `HB_ERR_FORKED`.
 hb_status hb_close(hb_client *client);
 
-// Fills `*out` with the client's counters. Set `out->size = sizeof(hb_stats)` first.
+// Fills `*out` with the client's counters. Set `out->size = sizeof(hb_stats)` first; see
+// `hb_stats` for what an older or newer caller's `size` gets.
 //
 // Thread safety: any thread, including inside a callback.
 // Errors: `HB_ERR_NULL`, `HB_ERR_INVALID_ARGUMENT` (size), `HB_ERR_INVALID_HANDLE`,
@@ -507,11 +532,17 @@ hb_status hb_config_set_heartbeat_mode(hb_config *config, int32_t mode);
 // 1: also deliver heartbeat texts (`ping`, `pong`) to `on_message`. Default 0.
 hb_status hb_config_set_deliver_heartbeats(hb_config *config, int32_t enabled);
 
-// Reconnect backoff: attempt n waits uniform in `[0, min(cap, base × 2^n)]` (with jitter).
-// 1 ms ..= 24 h each, `cap >= base` (checked by `hb_connect`). Default 1000, 30000.
+// Reconnect backoff. Reconnect attempt n (1, 2, ... counted since the last proven connection:
+// the `attempt` of the RECONNECTING event) waits uniform in `[0, min(cap, base × 2^(n-1))]`
+// with jitter (`hb_config_set_backoff_jitter`), exactly `min(cap, base × 2^(n-1))` without, and
+// never less than the floor `hb_config_set_backoff_min_ms`; a server's `Retry-After` may make
+// it longer. So with the defaults attempt 1 waits up to 1 s, attempt 2 up to 2 s, attempt 6
+// and later up to 30 s. 1 ms ..= 24 h each, `cap >= base` (checked by `hb_connect`).
+// Default 1000, 30000.
 hb_status hb_config_set_backoff(hb_config *config, uint64_t base_ms, uint64_t cap_ms);
 
-// 1: full jitter (default); 0: wait exactly `min(cap, base × 2^n)`.
+// 1: full jitter (default): attempt n waits uniform in `[0, min(cap, base × 2^(n-1))]`;
+// 0: it waits exactly `min(cap, base × 2^(n-1))`. Never less than the backoff floor.
 hb_status hb_config_set_backoff_jitter(hb_config *config, int32_t enabled);
 
 // Floor under every reconnect delay, 0 ..= cap, so attempts are never back to back. Default 50.

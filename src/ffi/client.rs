@@ -15,6 +15,13 @@ use crate::runtime::{self, RuntimeError};
 
 /// An open client. Opaque: C holds `hb_client *` handles that are checked on every call, so a
 /// handle used after `hb_close` is an error status, not undefined behaviour.
+///
+/// A handle is an id, not an address: never dereference it. Its value is odd and never repeats
+/// within a process. On 64-bit targets it lies outside every user-space address range (bit 63
+/// set, bit 62 clear, bit 55 set: non-canonical on x86_64, kernel half on aarch64 even with
+/// tagged pointers), so garbage collectors that scan pointer-typed fields (Go) ignore it. On
+/// 32-bit targets no value is safe from every heap: keep it in an integer type there (`uintptr`
+/// in Go); a closed handle's id comes back only after 2^29 - 1 more `hb_connect`s.
 pub struct hb_client {
     _private: [u8; 0],
 }
@@ -158,10 +165,20 @@ pub type hb_release_cb = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
 /// Fields are only ever added at the end: a caller compiled against an older header passes its
 /// smaller `size` and the fields it does not have are NULL.
 ///
+/// The struct itself is copied by `hb_connect` / `hb_set_callbacks` and may be freed at once, but
+/// the functions its pointers name (and `user_data`) must stay valid until `release` has run:
+/// code in a plugin or a binding must not be unloaded, and a binding's callback objects (Python
+/// ctypes `CFUNCTYPE`s, for one) must be kept alive until then. Without a `release`, until
+/// `hb_close` has returned from outside a callback, or `hb_shutdown` has returned `HB_OK`.
+///
 /// Callbacks run on the library's runtime thread, one at a time per client, never while the
 /// library holds a lock. Any `hb_*` call is allowed inside them, `hb_close` included. They must
-/// return normally: no C++ exception, `longjmp` or thread exit may leave a callback. A slow
-/// callback delays every client sharing the runtime thread.
+/// return normally: no C++ exception or `longjmp` may leave a callback. A thread exit
+/// (`pthread_exit`, as CPython does to a thread that asks for the GIL while the interpreter
+/// finalizes) does not crash the process, but it stops the runtime thread for good: the thread
+/// is parked inside that callback, no client of the process is served any more, and no
+/// `release` runs. Call `hb_shutdown` before the host tears down (Python: an `atexit` hook). A
+/// slow callback delays every client sharing the runtime thread.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 pub struct hb_callbacks {
@@ -183,10 +200,17 @@ pub struct hb_callbacks {
 const CALLBACKS_V1_SIZE: usize = std::mem::offset_of!(hb_callbacks, on_delivery);
 
 /// A snapshot of a client's counters. Set `size` to `sizeof(hb_stats)` before the call. Fields
-/// are only ever added at the end; a caller with an older, smaller struct gets its fields only.
+/// are only ever added at the end, so the struct a caller compiled is always a prefix of the
+/// library's: `hb_get_stats` writes `min(size, the library's sizeof(hb_stats))` bytes and no
+/// more, and sets `size` to that. A caller compiled against an older header (a smaller `size`)
+/// gets its own fields only; one compiled against a newer header than the library keeps its
+/// extra fields as it set them (zero them first), and learns from the `size` written back which
+/// fields the library filled. A `size` smaller than the first version of the struct (up to
+/// `rtt_mean_us`) is `HB_ERR_INVALID_ARGUMENT`.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 pub struct hb_stats {
+    /// In: `sizeof(hb_stats)` as the caller compiled it. Out: the number of bytes written.
     pub size: usize,
     /// An `hb_state`.
     pub state: i32,
@@ -583,7 +607,8 @@ pub extern "C" fn hb_close(client: *mut hb_client) -> hb_status {
     })
 }
 
-/// Fills `*out` with the client's counters. Set `out->size = sizeof(hb_stats)` first.
+/// Fills `*out` with the client's counters. Set `out->size = sizeof(hb_stats)` first; see
+/// `hb_stats` for what an older or newer caller's `size` gets.
 ///
 /// Thread safety: any thread, including inside a callback.
 /// Errors: `HB_ERR_NULL`, `HB_ERR_INVALID_ARGUMENT` (size), `HB_ERR_INVALID_HANDLE`,
