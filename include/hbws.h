@@ -440,7 +440,9 @@ extern void hbws__call_release(ReleaseFn f, void *ud);
 // Thread safety: any thread.
 // Errors: `HB_ERR_NULL`, `HB_ERR_INVALID_UTF8`, `HB_ERR_INVALID_URL`, `HB_ERR_UNSUPPORTED`
 // (`wss://`), `HB_ERR_INVALID_ARGUMENT` (callbacks size), `HB_ERR_INVALID_CONFIG`,
-// `HB_ERR_RUNTIME`, `HB_ERR_FORKED`.
+// `HB_ERR_RUNTIME`. In a `fork()` child it works as anywhere: the child's first client starts
+// a runtime of its own (the parent's clients are `HB_ERR_FORKED` there). After `hb_shutdown` it
+// starts a fresh runtime.
 hb_status hb_connect(const char *url, const hb_config *config, const hb_callbacks *callbacks, void *user_data, hb_client **client_out, char *err_buf, size_t err_buf_len);
 
 // Sets (or replaces) the client's callbacks and `user_data`. The previous callbacks' `release`

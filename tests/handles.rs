@@ -14,7 +14,42 @@ use hbws::ffi::*;
 /// A URL nothing listens on: the client keeps retrying, its first event comes at once.
 const REFUSED: &std::ffi::CStr = c"ws://127.0.0.1:1/";
 
+/// The runtime and the threads calling `hb_connect` share one CPU, and the runtime is started
+/// (its thread inherits the affinity and the scheduling policy) before any client of this test
+/// binary: see `first_callback_runs_after_connect_has_written_the_handle`.
+fn one_cpu() {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the call only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn runtime_started() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        one_cpu();
+        let mut h = std::ptr::null_mut();
+        let null = std::ptr::null_mut();
+        assert_eq!(
+            hb_connect(
+                REFUSED.as_ptr(),
+                std::ptr::null(),
+                std::ptr::null(),
+                null,
+                &mut h,
+                null.cast(),
+                0
+            ),
+            HB_OK
+        );
+        assert_eq!(hb_close(h), HB_OK);
+    });
+}
+
 fn connect_bare() -> *mut hb_client {
+    runtime_started();
     let mut h = std::ptr::null_mut();
     let null = std::ptr::null_mut();
     assert_eq!(
@@ -91,6 +126,17 @@ unsafe extern "C" fn count_release(ud: *mut c_void) {
 
 #[test]
 fn first_callback_runs_after_connect_has_written_the_handle() {
+    // Make the race visible: this thread shares the runtime thread's CPU at the lowest
+    // priority (SCHED_IDLE), so waking the runtime preempts it at once. Before the fix the
+    // wake-up came before the out-param was written, and the callback saw no handle.
+    runtime_started();
+    one_cpu();
+    // SAFETY: sets this thread's own policy; the parameter is read only.
+    let param = libc::sched_param { sched_priority: 0 };
+    assert_eq!(
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) },
+        0
+    );
     let probe = Probe {
         slot: AtomicPtr::new(std::ptr::null_mut()),
         seen: Mutex::new(None),

@@ -435,7 +435,9 @@ fn sink(cb: hb_callbacks, user_data: *mut c_void) -> CSink {
 /// Thread safety: any thread.
 /// Errors: `HB_ERR_NULL`, `HB_ERR_INVALID_UTF8`, `HB_ERR_INVALID_URL`, `HB_ERR_UNSUPPORTED`
 /// (`wss://`), `HB_ERR_INVALID_ARGUMENT` (callbacks size), `HB_ERR_INVALID_CONFIG`,
-/// `HB_ERR_RUNTIME`, `HB_ERR_FORKED`.
+/// `HB_ERR_RUNTIME`. In a `fork()` child it works as anywhere: the child's first client starts
+/// a runtime of its own (the parent's clients are `HB_ERR_FORKED` there). After `hb_shutdown` it
+/// starts a fresh runtime.
 #[no_mangle]
 pub extern "C" fn hb_connect(
     url: *const c_char,
