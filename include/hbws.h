@@ -349,8 +349,9 @@ typedef void (*hb_delivery_cb)(void *user_data, uint64_t first_id, uint64_t coun
 // (`pthread_exit`, as CPython does to a thread that asks for the GIL while the interpreter
 // finalizes) does not crash the process, but it stops the runtime thread for good: the thread
 // is parked inside that callback, no client of the process is served any more, and no
-// `release` runs. Call `hb_shutdown` before the host tears down (Python: an `atexit` hook). A
-// slow callback delays every client sharing the runtime thread.
+// `release` runs. Call `hb_shutdown` before the host tears down (Python: an `atexit` hook; an
+// interpreter that frees its callback objects while callbacks may still come breaks the rule
+// above). A slow callback delays every client sharing the runtime thread.
 typedef struct {
   // `sizeof(hb_callbacks)` as the caller compiled it, so the struct can grow.
   size_t size;

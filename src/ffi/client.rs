@@ -177,8 +177,9 @@ pub type hb_release_cb = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
 /// (`pthread_exit`, as CPython does to a thread that asks for the GIL while the interpreter
 /// finalizes) does not crash the process, but it stops the runtime thread for good: the thread
 /// is parked inside that callback, no client of the process is served any more, and no
-/// `release` runs. Call `hb_shutdown` before the host tears down (Python: an `atexit` hook). A
-/// slow callback delays every client sharing the runtime thread.
+/// `release` runs. Call `hb_shutdown` before the host tears down (Python: an `atexit` hook; an
+/// interpreter that frees its callback objects while callbacks may still come breaks the rule
+/// above). A slow callback delays every client sharing the runtime thread.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 pub struct hb_callbacks {
