@@ -35,6 +35,7 @@
 //! Lookups take one mutex and one hash lookup: O(1), a few tens of nanoseconds.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Mutex, MutexGuard};
 
 use super::hb_status::{self, *};
@@ -64,6 +65,28 @@ fn decode(value: usize) -> Option<u64> {
     (1..=MAX_ID).contains(&id).then_some(id)
 }
 
+/// Hashes an id with one multiplication (Fibonacci hashing). The ids are ours, sequential and
+/// not chosen by an adversary, so SipHash's flooding resistance buys nothing on a path every
+/// `hb_send_*` takes.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
 struct Entry<T> {
     value: T,
     /// The fork generation the entry was made in ([`runtime::fork_generation`]).
@@ -73,7 +96,7 @@ struct Entry<T> {
 /// Live ids and what they name. Generic so the unit tests can exercise the id space without
 /// clients.
 struct Table<T> {
-    live: HashMap<u64, Entry<T>>,
+    live: IdMap<Entry<T>>,
     /// The last id handed out.
     last: u64,
     /// The largest id (small in tests, to exercise the wrap).
@@ -83,7 +106,7 @@ struct Table<T> {
 impl<T> Table<T> {
     fn new(max: u64) -> Self {
         Table {
-            live: HashMap::new(),
+            live: IdMap::default(),
             last: 0,
             max,
         }
