@@ -127,6 +127,34 @@ fn shutdown_ends_every_client_and_stops_the_runtime_thread() {
     assert_eq!(hb_shutdown(0), HB_OK);
 }
 
+#[test]
+fn shutdown_stops_a_multi_thread_runtime_too() {
+    let _t = turn();
+    // Allowed again: no runtime runs between the tests of this binary.
+    assert_eq!(hb_runtime_set_threads(3), HB_OK);
+    let srv = pinging_server();
+    let cfg = Cfg::fast(50, 40, 3);
+    let clients: Vec<TestClient> = (0..6)
+        .map(|_| TestClient::connect(&srv.url(), Some(&cfg)))
+        .collect();
+    for c in &clients {
+        c.wait_open(1);
+    }
+    assert_eq!(hb_runtime_set_threads(1), HB_ERR_ALREADY_STARTED);
+    assert!(hbws_threads() >= 3, "{} runtime threads", hbws_threads());
+    assert_eq!(hb_shutdown(5_000), HB_OK);
+    assert_eq!(hbws_threads(), 0, "worker threads left");
+    for c in &clients {
+        assert_eq!(c.rec.released.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            c.rec.states().last(),
+            Some(&(HB_STATE_CLOSED as i32, HB_REASON_USER_CLOSE as i32))
+        );
+    }
+    // Back to the default for the other tests.
+    assert_eq!(hb_runtime_set_threads(1), HB_OK);
+}
+
 static INSIDE: AtomicI32 = AtomicI32::new(1);
 static INSIDE_CALLS: AtomicUsize = AtomicUsize::new(0);
 
