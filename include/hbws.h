@@ -649,6 +649,8 @@ hb_status hb_runtime_set_threads(uint32_t threads);
 // the call, so callbacks waiting for the GIL can finish); then no library thread is left to ask
 // for the GIL while the interpreter finalizes.
 //
+// Ownership: consumes every client handle of the process (as `hb_close` does); each client's
+// `release` runs before this returns `HB_OK`.
 // Thread safety: any thread, but not inside an hbws callback (`HB_ERR_IN_CALLBACK`). Calls from
 // several threads run one after the other.
 // Errors: `HB_ERR_IN_CALLBACK`; `HB_ERR_TIMEOUT` if a client or the runtime's threads had not

@@ -138,6 +138,8 @@ pub extern "C" fn hb_runtime_set_threads(threads: u32) -> hb_status {
 /// the call, so callbacks waiting for the GIL can finish); then no library thread is left to ask
 /// for the GIL while the interpreter finalizes.
 ///
+/// Ownership: consumes every client handle of the process (as `hb_close` does); each client's
+/// `release` runs before this returns `HB_OK`.
 /// Thread safety: any thread, but not inside an hbws callback (`HB_ERR_IN_CALLBACK`). Calls from
 /// several threads run one after the other.
 /// Errors: `HB_ERR_IN_CALLBACK`; `HB_ERR_TIMEOUT` if a client or the runtime's threads had not
