@@ -637,7 +637,9 @@ hb_status hb_runtime_set_threads(uint32_t threads);
 // the threads); when this returns `HB_OK` no library thread is left, so no library code runs
 // afterwards. Returns within `timeout_ms` + 100 ms, even if a callback blocks: then with
 // `HB_ERR_TIMEOUT`, and the runtime thread stops by itself once that callback returns (it
-// calls `release`s of clients ended at the deadline on its way out).
+// calls `release`s of clients ended at the deadline on its way out). If a callback ended the
+// runtime thread (`pthread_exit`: see `hb_callbacks`) it returns `HB_ERR_TIMEOUT` after 100 ms
+// without waiting for clients that can no longer end.
 //
 // Afterwards every old handle is `HB_ERR_INVALID_HANDLE`. A later `hb_connect` starts a fresh
 // runtime (and `hb_runtime_set_threads` is allowed again before it). Clients created by other

@@ -160,9 +160,9 @@ pub fn handle() -> Result<Handle, RuntimeError> {
 }
 
 /// Waits until no task is left on this process's runtime (every client's task has ended), for
-/// at most `timeout`; true if none is left (or no runtime runs). Polls every millisecond: only
-/// [`shutdown`]'s callers use it.
-pub fn wait_idle(timeout: Duration) -> bool {
+/// at most `timeout` or until `give_up()`; true if none is left (or no runtime runs). Polls every
+/// millisecond: only [`shutdown`]'s callers use it.
+pub fn wait_idle(timeout: Duration, give_up: impl Fn() -> bool) -> bool {
     let handle = match current().as_ref() {
         Some(i) if i.generation == fork_generation() => i.handle.clone(),
         _ => return true,
@@ -172,7 +172,7 @@ pub fn wait_idle(timeout: Duration) -> bool {
         if handle.metrics().num_alive_tasks() == 0 {
             return true;
         }
-        if Instant::now() >= deadline {
+        if Instant::now() >= deadline || give_up() {
             return false;
         }
         std::thread::sleep(Duration::from_millis(1));

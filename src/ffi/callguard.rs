@@ -14,8 +14,8 @@
 //!
 //! What remains:
 //! - The parked thread is the runtime thread, so every client of the process stops being served
-//!   (the process is exiting); `hb_shutdown` then returns `HB_ERR_TIMEOUT` after its timeout,
-//!   and a waiting close would wait for good.
+//!   (the process is exiting); `hb_shutdown` then returns `HB_ERR_TIMEOUT` without waiting for
+//!   the clients, and a waiting close would wait for good unless it asks [`parked`] too.
 //! - The library cannot make a callback whose code is gone safe: CPython frees ctypes callback
 //!   thunks while it finalizes, and a runtime thread that was between callbacks when
 //!   finalization began then calls freed memory (SIGSEGV, about 1 run in 60 of the test's
@@ -79,7 +79,6 @@ pub(crate) unsafe fn release(f: ReleaseFn, ud: *mut c_void) {
 }
 
 /// Whether a thread has been parked in a callback (see the module docs).
-#[allow(dead_code)]
 pub(crate) fn parked() -> bool {
     // SAFETY: a plain int the C side only ever sets to 1, read once.
     unsafe { std::ptr::read_volatile(&raw const hbws__callguard_parked) != 0 }

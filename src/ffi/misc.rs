@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::hb_status::{self, *};
-use super::{guard, guard_or, handle};
+use super::{callguard, guard, guard_or, handle};
 use crate::runtime::{self, RuntimeError};
 
 /// The library version as a static NUL-terminated string, e.g. "0.1.0"; agrees with the
@@ -126,7 +126,9 @@ pub extern "C" fn hb_runtime_set_threads(threads: u32) -> hb_status {
 /// the threads); when this returns `HB_OK` no library thread is left, so no library code runs
 /// afterwards. Returns within `timeout_ms` + 100 ms, even if a callback blocks: then with
 /// `HB_ERR_TIMEOUT`, and the runtime thread stops by itself once that callback returns (it
-/// calls `release`s of clients ended at the deadline on its way out).
+/// calls `release`s of clients ended at the deadline on its way out). If a callback ended the
+/// runtime thread (`pthread_exit`: see `hb_callbacks`) it returns `HB_ERR_TIMEOUT` after 100 ms
+/// without waiting for clients that can no longer end.
 ///
 /// Afterwards every old handle is `HB_ERR_INVALID_HANDLE`. A later `hb_connect` starts a fresh
 /// runtime (and `hb_runtime_set_threads` is allowed again before it). Clients created by other
@@ -160,11 +162,31 @@ pub extern "C" fn hb_shutdown(timeout_ms: u32) -> hb_status {
         for c in &clients {
             c.close(false);
         }
-        let mut ended = clients.iter().all(|c| c.wait_done_timeout(left()));
-        drop(clients);
+        // A runtime thread parked in a callback (a thread exit, see callguard.rs) will never
+        // serve them: stop waiting for what cannot come as soon as that is so.
+        let gone = callguard::parked;
+        let ended_in_time = |c: &crate::client::Client| loop {
+            if gone() {
+                return false;
+            }
+            let slice = left().min(Duration::from_millis(10));
+            if c.wait_done_timeout(slice) {
+                return true;
+            }
+            if left().is_zero() {
+                return false;
+            }
+        };
+        let mut ended = clients.iter().all(ended_in_time);
         // Tasks the host closed earlier (`hb_close` from a callback) may still be closing.
-        ended &= runtime::wait_idle(left());
-        let stopped = runtime::shutdown(left().max(STOP_GRACE));
+        ended = ended && runtime::wait_idle(left(), gone);
+        let parked = gone();
+        drop(clients);
+        let stopped = runtime::shutdown(if parked {
+            STOP_GRACE
+        } else {
+            left().max(STOP_GRACE)
+        });
         if ended && stopped {
             Ok(())
         } else {
