@@ -5,6 +5,17 @@ use std::env;
 use std::path::PathBuf;
 
 fn main() {
+    // The C side of src/ffi/callguard.rs: calls host callbacks so that a forced unwind
+    // (pthread_exit) out of one stops before it reaches Rust frames.
+    println!("cargo:rerun-if-changed=src/ffi/callguard.c");
+    cc::Build::new()
+        .file("src/ffi/callguard.c")
+        .flag_if_supported("-fexceptions")
+        .warnings(true)
+        .extra_warnings(true)
+        .warnings_into_errors(true)
+        .compile("hbws_callguard");
+
     let crate_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("hbws.h");
     println!("cargo:rerun-if-changed=src");

@@ -596,7 +596,14 @@ fn server_hook(max_missed: u32) -> hbws_server::EventHook {
             ),
         ),
         ServerEvent::Disconnected { conn } => say("server", format!("conn #{conn}: ended")),
-        ServerEvent::ClientPing { .. } => {}
+        ServerEvent::CloseSent { conn, code } => say(
+            "server",
+            format!("conn #{conn}: close frame sent (code {code})"),
+        ),
+        ServerEvent::ClientPing { .. }
+        | ServerEvent::Connected { .. }
+        | ServerEvent::UpgradeRequest { .. }
+        | ServerEvent::HandshakeFailed { .. } => {}
     })
 }
 

@@ -52,15 +52,19 @@ enum hb_status
   HB_ERR_INVALID_CONFIG = -11,
   // The library's runtime could not start.
   HB_ERR_RUNTIME = -12,
-  // Called in a `fork()` child of the process that started hbws.
+  // The handle belongs to the process this one was `fork()`ed from. (A child may create
+  // clients of its own; its parent's are left alone.)
   HB_ERR_FORKED = -13,
   // A runtime setting came after the runtime had started.
   HB_ERR_ALREADY_STARTED = -14,
   // A bug in hbws panicked; the call had no effect that can be relied on.
   HB_ERR_PANIC = -15,
-  // A call that waits was made from inside a callback (on the library's thread), where
-  // waiting would deadlock; it did nothing. Use the non-waiting form (`hb_close_start`).
+  // A call that waits was made from inside a callback (on the library's thread), where it
+  // would wait for the callback itself; it did nothing. Use the non-waiting form
+  // (`hb_close_start`).
   HB_ERR_IN_CALLBACK = -16,
+  // The call did what it could, but what it waits for had not finished within its timeout.
+  HB_ERR_TIMEOUT = -17,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -249,6 +253,13 @@ typedef int32_t hb_delivery;
 
 // An open client. Opaque: C holds `hb_client *` handles that are checked on every call, so a
 // handle used after `hb_close` is an error status, not undefined behaviour.
+//
+// A handle is an id, not an address: never dereference it. Its value is odd and never repeats
+// within a process. On 64-bit targets it lies outside every user-space address range (bit 63
+// set, bit 62 clear, bit 55 set: non-canonical on x86_64, kernel half on aarch64 even with
+// tagged pointers), so garbage collectors that scan pointer-typed fields (Go) ignore it. On
+// 32-bit targets no value is safe from every heap: keep it in an integer type there (`uintptr`
+// in Go); a closed handle's id comes back only after 2^29 - 1 more `hb_connect`s.
 typedef struct hb_client hb_client;
 
 // Client options. Create with `hb_config_new`, free with `hb_config_free`.
@@ -274,12 +285,7 @@ typedef struct {
   size_t detail_len;
 } hb_state_event;
 
-// State changed. `event` is valid only during the call.
-typedef void (*hb_state_cb)(void *user_data, const hb_state_event *event);
-
-// An application message arrived. `kind` is an `hb_message_kind`; `data` (not NUL-terminated,
-// UTF-8 for text) is valid only during the call.
-typedef void (*hb_message_cb)(void *user_data, int32_t kind, const uint8_t *data, size_t len);
+typedef void (*StateFn)(void*, const hb_state_event*);
 
 // A heartbeat happening.
 typedef struct {
@@ -290,6 +296,23 @@ typedef struct {
   // Round-trip time in microseconds (`HB_HEARTBEAT_PONG`), else 0.
   uint64_t rtt_us;
 } hb_heartbeat_event;
+
+typedef void (*HeartbeatFn)(void*, const hb_heartbeat_event*);
+
+typedef void (*MessageFn)(void*, int32_t, const uint8_t*, size_t);
+
+typedef void (*CountsFn)(void*, uint64_t, uint64_t, int32_t);
+
+typedef void (*LogFn)(void*, int32_t, const char*, size_t);
+
+typedef void (*ReleaseFn)(void*);
+
+// State changed. `event` is valid only during the call.
+typedef void (*hb_state_cb)(void *user_data, const hb_state_event *event);
+
+// An application message arrived. `kind` is an `hb_message_kind`; `data` (not NUL-terminated,
+// UTF-8 for text) is valid only during the call.
+typedef void (*hb_message_cb)(void *user_data, int32_t kind, const uint8_t *data, size_t len);
 
 // A heartbeat was answered, or missed. `event` is valid only during the call.
 typedef void (*hb_heartbeat_cb)(void *user_data, const hb_heartbeat_event *event);
@@ -316,10 +339,21 @@ typedef void (*hb_delivery_cb)(void *user_data, uint64_t first_id, uint64_t coun
 // Fields are only ever added at the end: a caller compiled against an older header passes its
 // smaller `size` and the fields it does not have are NULL.
 //
+// The struct itself is copied by `hb_connect` / `hb_set_callbacks` and may be freed at once, but
+// the functions its pointers name (and `user_data`) must stay valid until `release` has run:
+// code in a plugin or a binding must not be unloaded, and a binding's callback objects (Python
+// ctypes `CFUNCTYPE`s, for one) must be kept alive until then. Without a `release`, until
+// `hb_close` has returned from outside a callback, or `hb_shutdown` has returned `HB_OK`.
+//
 // Callbacks run on the library's runtime thread, one at a time per client, never while the
 // library holds a lock. Any `hb_*` call is allowed inside them, `hb_close` included. They must
-// return normally: no C++ exception, `longjmp` or thread exit may leave a callback. A slow
-// callback delays every client sharing the runtime thread.
+// return normally: no C++ exception or `longjmp` may leave a callback. A thread exit
+// (`pthread_exit`, as CPython does to a thread that asks for the GIL while the interpreter
+// finalizes) does not crash the process, but it stops the runtime thread for good: the thread
+// is parked inside that callback, no client of the process is served any more, and no
+// `release` runs. Call `hb_shutdown` before the host tears down (Python: an `atexit` hook; an
+// interpreter that frees its callback objects while callbacks may still come breaks the rule
+// above). A slow callback delays every client sharing the runtime thread.
 typedef struct {
   // `sizeof(hb_callbacks)` as the caller compiled it, so the struct can grow.
   size_t size;
@@ -336,8 +370,15 @@ typedef struct {
 } hb_callbacks;
 
 // A snapshot of a client's counters. Set `size` to `sizeof(hb_stats)` before the call. Fields
-// are only ever added at the end; a caller with an older, smaller struct gets its fields only.
+// are only ever added at the end, so the struct a caller compiled is always a prefix of the
+// library's: `hb_get_stats` writes `min(size, the library's sizeof(hb_stats))` bytes and no
+// more, and sets `size` to that. A caller compiled against an older header (a smaller `size`)
+// gets its own fields only; one compiled against a newer header than the library keeps its
+// extra fields as it set them (zero them first), and learns from the `size` written back which
+// fields the library filled. A `size` smaller than the first version of the struct (up to
+// `rtt_mean_us`) is `HB_ERR_INVALID_ARGUMENT`.
 typedef struct {
+  // In: `sizeof(hb_stats)` as the caller compiled it. Out: the number of bytes written.
   size_t size;
   // An `hb_state`.
   int32_t state;
@@ -375,12 +416,25 @@ typedef struct {
 extern "C" {
 #endif // __cplusplus
 
+extern void hbws__call_state(StateFn f, void *ud, const hb_state_event *ev);
+
+extern void hbws__call_heartbeat(HeartbeatFn f, void *ud, const hb_heartbeat_event *ev);
+
+extern void hbws__call_message(MessageFn f, void *ud, int32_t kind, const uint8_t *data, size_t len);
+
+extern void hbws__call_u64_u64_i32(CountsFn f, void *ud, uint64_t a, uint64_t b, int32_t c);
+
+extern void hbws__call_log(LogFn f, void *ud, int32_t level, const char *msg, size_t len);
+
+extern void hbws__call_release(ReleaseFn f, void *ud);
+
 // Creates a client for `url` and starts connecting in the background; returns at once.
 //
 // `url`: NUL-terminated `ws://host[:port][/path][?query]`. `config`: NULL for defaults; it is
 // copied, so it may be changed or freed afterwards. `callbacks`: NULL, or the client's callbacks
 // with `user_data`. No event is lost: with callbacks the first event (CONNECTING) comes after
-// this returns; with NULL the client waits, without connecting, until `hb_set_callbacks`.
+// `*client_out` has been written, so a callback may read the handle from where `client_out`
+// points; with NULL the client waits, without connecting, until `hb_set_callbacks`.
 // On success `*client_out` receives the handle. On error nothing is created, `release` is not
 // called, and if `err_buf` is not NULL a NUL-terminated message (truncated to `err_buf_len`)
 // says what was wrong: safe to read from any thread or goroutine.
@@ -389,7 +443,9 @@ extern "C" {
 // Thread safety: any thread.
 // Errors: `HB_ERR_NULL`, `HB_ERR_INVALID_UTF8`, `HB_ERR_INVALID_URL`, `HB_ERR_UNSUPPORTED`
 // (`wss://`), `HB_ERR_INVALID_ARGUMENT` (callbacks size), `HB_ERR_INVALID_CONFIG`,
-// `HB_ERR_RUNTIME`, `HB_ERR_FORKED`.
+// `HB_ERR_RUNTIME`. In a `fork()` child it works as anywhere: the child's first client starts
+// a runtime of its own (the parent's clients are `HB_ERR_FORKED` there). After `hb_shutdown` it
+// starts a fresh runtime.
 hb_status hb_connect(const char *url, const hb_config *config, const hb_callbacks *callbacks, void *user_data, hb_client **client_out, char *err_buf, size_t err_buf_len);
 
 // Sets (or replaces) the client's callbacks and `user_data`. The previous callbacks' `release`
@@ -431,7 +487,8 @@ hb_status hb_send_binary(hb_client *client, const uint8_t *data, size_t len, uin
 // Thread safety: any thread but the library's own: inside a callback it is refused
 // (`HB_ERR_IN_CALLBACK`, the handle stays valid): use `hb_close_start` there.
 // Errors: `HB_ERR_NULL`, `HB_ERR_INVALID_HANDLE` (also for a second close), `HB_ERR_IN_CALLBACK`,
-// `HB_ERR_FORKED`.
+// `HB_ERR_TIMEOUT` (the library's thread was lost to a callback that exited it: see
+// `hb_callbacks`), `HB_ERR_FORKED`.
 hb_status hb_close(hb_client *client);
 
 // Closes the client with Close `code` (1000, or 3000-4999) and `reason` (`reason_len` bytes of
@@ -449,7 +506,8 @@ hb_status hb_close(hb_client *client);
 // handle, even while the first waits, is `HB_ERR_INVALID_HANDLE` at once: it did not close
 // anything, and the first close's return (or `release`) tells when the client has ended.
 // Errors: `HB_ERR_NULL`, `HB_ERR_INVALID_ARGUMENT` (code, reason length), `HB_ERR_INVALID_UTF8`,
-// `HB_ERR_INVALID_HANDLE`, `HB_ERR_IN_CALLBACK`, `HB_ERR_FORKED`.
+// `HB_ERR_INVALID_HANDLE`, `HB_ERR_IN_CALLBACK`, `HB_ERR_TIMEOUT` (as `hb_close`),
+// `HB_ERR_FORKED`.
 hb_status hb_close_with(hb_client *client, uint16_t code, const char *reason, size_t reason_len);
 
 // Starts closing the client (as `hb_close_with`) and returns at once, from any thread,
@@ -463,7 +521,8 @@ hb_status hb_close_with(hb_client *client, uint16_t code, const char *reason, si
 // `HB_ERR_INVALID_HANDLE` (also for a second close), `HB_ERR_FORKED`.
 hb_status hb_close_start(hb_client *client, uint16_t code, const char *reason, size_t reason_len);
 
-// Fills `*out` with the client's counters. Set `out->size = sizeof(hb_stats)` first.
+// Fills `*out` with the client's counters. Set `out->size = sizeof(hb_stats)` first; see
+// `hb_stats` for what an older or newer caller's `size` gets.
 //
 // Thread safety: any thread, including inside a callback.
 // Errors: `HB_ERR_NULL`, `HB_ERR_INVALID_ARGUMENT` (size), `HB_ERR_INVALID_HANDLE`,
@@ -510,11 +569,17 @@ hb_status hb_config_set_heartbeat_mode(hb_config *config, int32_t mode);
 // 1: also deliver heartbeat texts (`ping`, `pong`) to `on_message`. Default 0.
 hb_status hb_config_set_deliver_heartbeats(hb_config *config, int32_t enabled);
 
-// Reconnect backoff: attempt n waits uniform in `[0, min(cap, base × 2^n)]` (with jitter).
-// 1 ms ..= 24 h each, `cap >= base` (checked by `hb_connect`). Default 1000, 30000.
+// Reconnect backoff. Reconnect attempt n (1, 2, ... counted since the last proven connection:
+// the `attempt` of the RECONNECTING event) waits uniform in `[0, min(cap, base × 2^(n-1))]`
+// with jitter (`hb_config_set_backoff_jitter`), exactly `min(cap, base × 2^(n-1))` without, and
+// never less than the floor `hb_config_set_backoff_min_ms`; a server's `Retry-After` may make
+// it longer. So with the defaults attempt 1 waits up to 1 s, attempt 2 up to 2 s, attempt 6
+// and later up to 30 s. 1 ms ..= 24 h each, `cap >= base` (checked by `hb_connect`).
+// Default 1000, 30000.
 hb_status hb_config_set_backoff(hb_config *config, uint64_t base_ms, uint64_t cap_ms);
 
-// 1: full jitter (default); 0: wait exactly `min(cap, base × 2^n)`.
+// 1: full jitter (default): attempt n waits uniform in `[0, min(cap, base × 2^(n-1))]`;
+// 0: it waits exactly `min(cap, base × 2^(n-1))`. Never less than the backoff floor.
 hb_status hb_config_set_backoff_jitter(hb_config *config, int32_t enabled);
 
 // Floor under every reconnect delay, 0 ..= cap, so attempts are never back to back. Default 50.
@@ -586,12 +651,48 @@ const char *hb_state_str(int32_t state);
 // A static NUL-terminated name of an `hb_reason` ("UNKNOWN" otherwise).
 const char *hb_reason_str(int32_t reason);
 
-// Sets how many threads the library's runtime uses (1 ..= 64; default 1). Only before the
-// first `hb_connect` of the process.
+// Sets how many threads the library's runtime uses (1 ..= 64; default 1). Only while no
+// runtime runs: before the first `hb_connect` of the process, after `hb_shutdown`, or in a
+// `fork()` child before its first `hb_connect`.
 //
 // Thread safety: any thread.
-// Errors: `HB_ERR_INVALID_ARGUMENT`, `HB_ERR_ALREADY_STARTED`, `HB_ERR_FORKED`.
+// Errors: `HB_ERR_INVALID_ARGUMENT`, `HB_ERR_ALREADY_STARTED`.
 hb_status hb_runtime_set_threads(uint32_t threads);
+
+// Ends every client of the process and stops the library's runtime: what an `atexit` hook, a
+// plugin's unload or an app extension's teardown calls.
+//
+// Every live client is closed as by `hb_close` without waiting (queued messages flushed, close
+// handshake, `on_dropped`/`on_delivery` for what could not be sent, CLOSED, then `release`),
+// all at once; then it waits until they have all ended or `timeout_ms` has passed. A client
+// still running at the deadline is ended at once: it reports what it never sent, its `release`
+// runs, but its CLOSED state may not be reported. Then the runtime's threads stop (given at
+// least 100 ms more to do so, so `timeout_ms = 0` means "end everything now" and still stops
+// the threads); when this returns `HB_OK` no library thread is left, so no library code runs
+// afterwards. Returns within `timeout_ms` + 100 ms, even if a callback blocks: then with
+// `HB_ERR_TIMEOUT`, and the runtime thread stops by itself once that callback returns (it
+// calls `release`s of clients ended at the deadline on its way out). If a callback ended the
+// runtime thread (`pthread_exit`: see `hb_callbacks`) it returns `HB_ERR_TIMEOUT` after 100 ms
+// without waiting for clients that can no longer end.
+//
+// Afterwards every old handle is `HB_ERR_INVALID_HANDLE`. A later `hb_connect` starts a fresh
+// runtime (and `hb_runtime_set_threads` is allowed again before it). Clients created by other
+// threads while this runs may end with the runtime (as at the deadline) or live on the next
+// one. In a `fork()` child it ends the child's own clients and runtime only. With no runtime
+// running it returns `HB_OK` at once.
+//
+// Python: call it from an `atexit` hook, through a `ctypes.CDLL` (which releases the GIL during
+// the call, so callbacks waiting for the GIL can finish); then no library thread is left to ask
+// for the GIL while the interpreter finalizes.
+//
+// Ownership: consumes every client handle of the process (as `hb_close` does); each client's
+// `release` runs before this returns `HB_OK`.
+// Thread safety: any thread, but not inside an hbws callback (`HB_ERR_IN_CALLBACK`). Calls from
+// several threads run one after the other.
+// Errors: `HB_ERR_IN_CALLBACK`; `HB_ERR_TIMEOUT` if a client or the runtime's threads had not
+// ended in time (a callback still running, or a name lookup in the resolver: it finishes on its
+// own thread, which then exits without calling the host).
+hb_status hb_shutdown(uint32_t timeout_ms);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -369,6 +369,26 @@ impl Client {
             rtt_mean: us(c.rtt_sum_us.load(Relaxed).checked_div(pongs).unwrap_or(0)),
         }
     }
+
+    /// Like [`wait_done`](Self::wait_done), for at most `timeout`; true if the task has ended
+    /// and released its sink. (`Duration::ZERO` asks without waiting.)
+    pub fn wait_done_timeout(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut done = self.shared.done.lock().unwrap_or_else(|p| p.into_inner());
+        while !*done {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            done = self
+                .shared
+                .done_cv
+                .wait_timeout(done, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
 }
 
 /// Whether the host may close with `code` and `reason` (RFC 6455 §7.4: 1000, or 3000–4999 for

@@ -133,10 +133,75 @@ pub enum DropKind {
     Rst,
 }
 
+/// How much a [`ServerEvent`] matters, most severe first (so `level <= LogLevel::Info` selects
+/// warnings and information). [`ServerEvent::level`] says which each event has; its `Display`
+/// form is the log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LogLevel {
+    /// Something failed on the server's side.
+    Error,
+    /// The peer misbehaved or went quiet: refused or failed handshakes, missed heartbeats,
+    /// dropping an unresponsive client.
+    Warn,
+    /// A connection's life: accepted (peer), handshake done, Close frames and their codes, end.
+    Info,
+    /// Every heartbeat exchange (pings, pongs with round trip) and message.
+    Debug,
+}
+
+impl LogLevel {
+    /// Upper-case name, as printed by `hbws-server`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "ERROR",
+            LogLevel::Warn => "WARN",
+            LogLevel::Info => "INFO",
+            LogLevel::Debug => "DEBUG",
+        }
+    }
+}
+
+impl std::str::FromStr for LogLevel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "error" => Ok(LogLevel::Error),
+            "warn" => Ok(LogLevel::Warn),
+            "info" => Ok(LogLevel::Info),
+            "debug" => Ok(LogLevel::Debug),
+            _ => Err(format!(
+                "unknown log level {s:?} (error, warn, info, debug)"
+            )),
+        }
+    }
+}
+
 /// Everything the server observed, in order. `conn` numbers start at 1 and are assigned when
-/// the TCP connection is accepted.
+/// the TCP connection is accepted. Each event is also a log line: see [`ServerEvent::level`]
+/// and its `Display`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ServerEvent {
+    /// A TCP connection was accepted (before the WebSocket handshake).
+    Connected {
+        /// Connection number.
+        conn: u64,
+        /// The peer's address.
+        peer: SocketAddr,
+    },
+    /// The client's upgrade request arrived.
+    UpgradeRequest {
+        /// Connection number.
+        conn: u64,
+        /// Its request target (path and query).
+        path: String,
+    },
+    /// The handshake failed without an HTTP answer of ours (not HTTP, not an upgrade, I/O).
+    HandshakeFailed {
+        /// Connection number.
+        conn: u64,
+        /// What went wrong.
+        error: String,
+    },
     /// WebSocket handshake completed.
     Accepted {
         /// Connection number.
@@ -207,6 +272,13 @@ pub enum ServerEvent {
         /// The close code, if any.
         code: Option<u16>,
     },
+    /// The server sent a Close frame of its own (see [`Server::close_all`]).
+    CloseSent {
+        /// Connection number.
+        conn: u64,
+        /// The close code.
+        code: u16,
+    },
     /// The connection ended, for any reason. Always the last event of a connection that was
     /// [`ServerEvent::Accepted`]; connections that never completed the handshake get none.
     Disconnected {
@@ -219,7 +291,11 @@ impl ServerEvent {
     /// The connection number the event is about.
     pub fn conn(&self) -> u64 {
         match *self {
-            ServerEvent::Accepted { conn }
+            ServerEvent::Connected { conn, .. }
+            | ServerEvent::UpgradeRequest { conn, .. }
+            | ServerEvent::HandshakeFailed { conn, .. }
+            | ServerEvent::CloseSent { conn, .. }
+            | ServerEvent::Accepted { conn }
             | ServerEvent::Refused { conn, .. }
             | ServerEvent::ClientPing { conn }
             | ServerEvent::PongSent { conn }
@@ -231,6 +307,68 @@ impl ServerEvent {
             | ServerEvent::Binary { conn, .. }
             | ServerEvent::CloseReceived { conn, .. }
             | ServerEvent::Disconnected { conn } => conn,
+        }
+    }
+
+    /// The event's log level.
+    pub fn level(&self) -> LogLevel {
+        match self {
+            ServerEvent::Connected { .. }
+            | ServerEvent::Accepted { .. }
+            | ServerEvent::CloseReceived { .. }
+            | ServerEvent::CloseSent { .. }
+            | ServerEvent::Disconnected { .. } => LogLevel::Info,
+            ServerEvent::Refused { .. }
+            | ServerEvent::HandshakeFailed { .. }
+            | ServerEvent::Missed { .. }
+            | ServerEvent::DroppedUnresponsive { .. } => LogLevel::Warn,
+            ServerEvent::UpgradeRequest { .. }
+            | ServerEvent::ClientPing { .. }
+            | ServerEvent::PongSent { .. }
+            | ServerEvent::ServerPingSent { .. }
+            | ServerEvent::PongReceived { .. }
+            | ServerEvent::Text { .. }
+            | ServerEvent::Binary { .. } => LogLevel::Debug,
+        }
+    }
+}
+
+/// The log line of the event (without its level), e.g. `conn 3: pong received (text), rtt
+/// 0.214 ms`.
+impl fmt::Display for ServerEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn {}: ", self.conn())?;
+        match self {
+            ServerEvent::Connected { peer, .. } => write!(f, "TCP connection from {peer}"),
+            ServerEvent::UpgradeRequest { path, .. } => write!(f, "upgrade request for {path}"),
+            ServerEvent::HandshakeFailed { error, .. } => write!(f, "handshake failed: {error}"),
+            ServerEvent::Accepted { .. } => write!(f, "handshake done: 101 Switching Protocols"),
+            ServerEvent::Refused { status, .. } => {
+                write!(f, "handshake refused with HTTP {status}")
+            }
+            ServerEvent::ClientPing { .. } => write!(f, "ping received"),
+            ServerEvent::PongSent { .. } => write!(f, "pong sent"),
+            ServerEvent::ServerPingSent { .. } => write!(f, "ping sent"),
+            ServerEvent::PongReceived { rtt, protocol, .. } => write!(
+                f,
+                "pong received ({}), rtt {:.3} ms",
+                if *protocol { "Pong frame" } else { "text" },
+                rtt.as_secs_f64() * 1e3
+            ),
+            ServerEvent::Missed { count, .. } => {
+                write!(f, "no pong within the timeout: {count} missed in a row")
+            }
+            ServerEvent::DroppedUnresponsive { .. } => write!(f, "dropping unresponsive client"),
+            ServerEvent::Text { text, .. } => write!(f, "text message, {} bytes", text.len()),
+            ServerEvent::Binary { data, .. } => write!(f, "binary message, {} bytes", data.len()),
+            ServerEvent::CloseReceived { code: Some(c), .. } => {
+                write!(f, "Close frame received, code {c}")
+            }
+            ServerEvent::CloseReceived { code: None, .. } => {
+                write!(f, "Close frame received, no code")
+            }
+            ServerEvent::CloseSent { code, .. } => write!(f, "Close frame sent, code {code}"),
+            ServerEvent::Disconnected { .. } => write!(f, "connection ended"),
         }
     }
 }
@@ -328,8 +466,9 @@ impl Shared {
     }
 
     /// Spawns the task for a freshly accepted TCP connection. Must run inside the runtime.
-    fn spawn_connection(self: &Arc<Self>, tcp: TcpStream) {
+    fn spawn_connection(self: &Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        self.emit(ServerEvent::Connected { conn, peer });
         let guard = TaskGuard::new(self.clone());
         let ender = self.ender.subscribe();
         let silent = self.silent.subscribe();
@@ -452,7 +591,11 @@ async fn connection(
     let refuse_from = shared.clone();
     // The signature is tungstenite's `Callback`; the large error type is theirs.
     #[allow(clippy::result_large_err)]
-    let callback = move |_req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+    let callback = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        refuse_from.emit(ServerEvent::UpgradeRequest {
+            conn,
+            path: req.uri().to_string(),
+        });
         match *lock(&refuse_from.refuse) {
             None => Ok(resp),
             Some((status, retry_after)) => Err(refusal(status, retry_after)),
@@ -466,7 +609,10 @@ async fn connection(
                 shared.emit(ServerEvent::Refused { conn, status: resp.status().as_u16() });
                 return;
             }
-            Err(_) => return,
+            Err(e) => {
+                shared.emit(ServerEvent::HandshakeFailed { conn, error: e.to_string() });
+                return;
+            }
         },
         _ = ender.changed() => return,
     };
@@ -479,6 +625,7 @@ async fn connection(
             let _ = ws.get_ref().set_zero_linger();
         }
         Exit::End(EndAction::Close(code, reason)) => {
+            shared.emit(ServerEvent::CloseSent { conn, code });
             let frame = CloseFrame {
                 code: CloseCode::from(code),
                 reason: reason.into(),
@@ -710,7 +857,7 @@ async fn accept_loop(
         tokio::select! {
             _ = &mut stop => break,
             r = listener.accept() => match r {
-                Ok((tcp, _)) => shared.spawn_connection(tcp),
+                Ok((tcp, peer)) => shared.spawn_connection(tcp, peer),
                 Err(_) => {
                     // E.g. out of file descriptors: back off instead of spinning.
                     tokio::select! {
@@ -891,6 +1038,15 @@ impl Server {
     /// The whole event log so far.
     pub fn events(&self) -> Vec<ServerEvent> {
         lock(&self.shared.log).clone()
+    }
+
+    /// The event log as log lines (`LEVEL message`), keeping those at `max` or more severe.
+    pub fn log_lines(&self, max: LogLevel) -> Vec<String> {
+        lock(&self.shared.log)
+            .iter()
+            .filter(|e| e.level() <= max)
+            .map(|e| format!("{} {e}", e.level().as_str()))
+            .collect()
     }
 
     /// Empties the event log (e.g. between benchmark rounds).

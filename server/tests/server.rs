@@ -367,3 +367,143 @@ fn drop_inside_async_context_does_not_panic() {
         drop(server);
     });
 }
+
+/// Asserts that `want` (line prefixes) appear in `lines` in this order (other lines may come
+/// between them).
+fn assert_story(lines: &[String], want: &[&str]) {
+    let mut it = lines.iter();
+    for w in want {
+        assert!(
+            it.any(|l| l.starts_with(w)),
+            "no line {w:?} (in order) in:\n{}",
+            lines.join("\n")
+        );
+    }
+}
+
+#[test]
+fn log_tells_the_story_of_one_healthy_session() {
+    let server = Server::start(ServerConfig {
+        ping_interval: Some(Duration::from_millis(100)),
+        pong_timeout: Duration::from_secs(2),
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    let mut c = Client::connect(&server.url());
+    // The client's heartbeat: a text ping, answered.
+    c.send_text("ping");
+    assert_eq!(c.expect_text(WAIT), "pong");
+    // The server's: a text ping (answered with a text pong) and a Ping frame (answered by
+    // tungstenite with a Pong frame, flushed on the next read).
+    let (mut text, mut proto) = (false, false);
+    let deadline = Instant::now() + WAIT;
+    while !(text && proto) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match c.recv(left) {
+            Some(Ok(Message::Text(t))) if t.as_str() == "ping" => {
+                if !text {
+                    c.send_text("pong");
+                }
+                text = true;
+            }
+            Some(Ok(Message::Ping(_))) => proto = true,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let answered =
+        |log: &[ServerEvent]| count(log, |e| matches!(e, ServerEvent::PongReceived { .. })) >= 2;
+    let deadline = Instant::now() + WAIT;
+    while !server.wait_for(Duration::from_millis(20), answered) {
+        assert!(Instant::now() < deadline, "{:?}", server.events());
+        let _ = c.recv(Duration::from_millis(20));
+    }
+    c.send_text("hello");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match c.recv(left) {
+            Some(Ok(Message::Text(t))) if t.as_str() == "hello" => break,
+            Some(Ok(_)) => continue,
+            other => panic!("no echo: {other:?}"),
+        }
+    }
+    c.rt.block_on(c.ws.close(None)).expect("close");
+    let _ = c.read_to_end(WAIT);
+    assert!(server.wait_for(WAIT, has(ServerEvent::Disconnected { conn: 1 })));
+
+    let debug = server.log_lines(hbws_server::LogLevel::Debug);
+    assert_story(
+        &debug,
+        &[
+            "INFO conn 1: TCP connection from 127.0.0.1:",
+            "DEBUG conn 1: upgrade request for /",
+            "INFO conn 1: handshake done: 101 Switching Protocols",
+            "DEBUG conn 1: ping received",
+            "DEBUG conn 1: pong sent",
+            "DEBUG conn 1: ping sent",
+            "DEBUG conn 1: text message, 5 bytes",
+            "INFO conn 1: Close frame received, no code",
+            "INFO conn 1: connection ended",
+        ],
+    );
+    for kind in ["(text), rtt ", "(Pong frame), rtt "] {
+        assert!(
+            debug
+                .iter()
+                .any(|l| l.starts_with("DEBUG conn 1: pong received ") && l.contains(kind)),
+            "no pong {kind} line in:\n{}",
+            debug.join("\n")
+        );
+    }
+    assert!(
+        !debug
+            .iter()
+            .any(|l| l.starts_with("WARN") || l.starts_with("ERROR")),
+        "a healthy session warned:\n{}",
+        debug.join("\n")
+    );
+    // INFO keeps the connection's life only.
+    let info = server.log_lines(hbws_server::LogLevel::Info);
+    assert_eq!(info.len(), 4, "{info:#?}");
+    assert!(info.iter().all(|l| l.starts_with("INFO conn 1: ")));
+}
+
+#[test]
+fn log_warns_of_misses_and_dropping_an_unresponsive_client() {
+    let server = Server::start(ServerConfig {
+        ping_interval: Some(Duration::from_millis(100)),
+        pong_timeout: Duration::from_millis(50),
+        max_missed: 2,
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    let mut c = Client::connect(&server.url());
+    assert!(server.wait_for(WAIT, has(ServerEvent::Disconnected { conn: 1 })));
+    assert_eq!(
+        server.log_lines(hbws_server::LogLevel::Warn),
+        [
+            "WARN conn 1: no pong within the timeout: 1 missed in a row",
+            "WARN conn 1: no pong within the timeout: 2 missed in a row",
+            "WARN conn 1: dropping unresponsive client",
+        ]
+    );
+    let _ = c.read_to_end(WAIT);
+}
+
+#[test]
+fn log_reports_the_close_code_the_server_sends() {
+    let server = Server::start(quiet_cfg()).unwrap();
+    let mut c = Client::connect(&server.url());
+    assert!(server.wait_for(WAIT, has(ServerEvent::Accepted { conn: 1 })));
+    server.close_all(4001, "bye");
+    let _ = c.read_to_end(WAIT);
+    assert!(server.wait_for(WAIT, has(ServerEvent::Disconnected { conn: 1 })));
+    assert_story(
+        &server.log_lines(hbws_server::LogLevel::Info),
+        &[
+            "INFO conn 1: Close frame sent, code 4001",
+            "INFO conn 1: Close frame received, code 4001",
+            "INFO conn 1: connection ended",
+        ],
+    );
+}

@@ -4,7 +4,7 @@ use std::ffi::{c_char, c_void, CString};
 use std::sync::Arc;
 
 use super::hb_status::{self, *};
-use super::{bytes, cstr, guard, handle, hb_config, put, text, write_message};
+use super::{bytes, callguard, cstr, guard, handle, hb_config, put, text, write_message};
 use crate::client::{
     check_close_frame, Client, CreateError, Delivery, Event, EventSink, HeartbeatEvent, Reason,
     SendError, State, Stats,
@@ -15,6 +15,13 @@ use crate::runtime::{self, RuntimeError};
 
 /// An open client. Opaque: C holds `hb_client *` handles that are checked on every call, so a
 /// handle used after `hb_close` is an error status, not undefined behaviour.
+///
+/// A handle is an id, not an address: never dereference it. Its value is odd and never repeats
+/// within a process. On 64-bit targets it lies outside every user-space address range (bit 63
+/// set, bit 62 clear, bit 55 set: non-canonical on x86_64, kernel half on aarch64 even with
+/// tagged pointers), so garbage collectors that scan pointer-typed fields (Go) ignore it. On
+/// 32-bit targets no value is safe from every heap: keep it in an integer type there (`uintptr`
+/// in Go); a closed handle's id comes back only after 2^29 - 1 more `hb_connect`s.
 pub struct hb_client {
     _private: [u8; 0],
 }
@@ -158,10 +165,21 @@ pub type hb_release_cb = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
 /// Fields are only ever added at the end: a caller compiled against an older header passes its
 /// smaller `size` and the fields it does not have are NULL.
 ///
+/// The struct itself is copied by `hb_connect` / `hb_set_callbacks` and may be freed at once, but
+/// the functions its pointers name (and `user_data`) must stay valid until `release` has run:
+/// code in a plugin or a binding must not be unloaded, and a binding's callback objects (Python
+/// ctypes `CFUNCTYPE`s, for one) must be kept alive until then. Without a `release`, until
+/// `hb_close` has returned from outside a callback, or `hb_shutdown` has returned `HB_OK`.
+///
 /// Callbacks run on the library's runtime thread, one at a time per client, never while the
 /// library holds a lock. Any `hb_*` call is allowed inside them, `hb_close` included. They must
-/// return normally: no C++ exception, `longjmp` or thread exit may leave a callback. A slow
-/// callback delays every client sharing the runtime thread.
+/// return normally: no C++ exception or `longjmp` may leave a callback. A thread exit
+/// (`pthread_exit`, as CPython does to a thread that asks for the GIL while the interpreter
+/// finalizes) does not crash the process, but it stops the runtime thread for good: the thread
+/// is parked inside that callback, no client of the process is served any more, and no
+/// `release` runs. Call `hb_shutdown` before the host tears down (Python: an `atexit` hook; an
+/// interpreter that frees its callback objects while callbacks may still come breaks the rule
+/// above). A slow callback delays every client sharing the runtime thread.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 pub struct hb_callbacks {
@@ -183,10 +201,17 @@ pub struct hb_callbacks {
 const CALLBACKS_V1_SIZE: usize = std::mem::offset_of!(hb_callbacks, on_delivery);
 
 /// A snapshot of a client's counters. Set `size` to `sizeof(hb_stats)` before the call. Fields
-/// are only ever added at the end; a caller with an older, smaller struct gets its fields only.
+/// are only ever added at the end, so the struct a caller compiled is always a prefix of the
+/// library's: `hb_get_stats` writes `min(size, the library's sizeof(hb_stats))` bytes and no
+/// more, and sets `size` to that. A caller compiled against an older header (a smaller `size`)
+/// gets its own fields only; one compiled against a newer header than the library keeps its
+/// extra fields as it set them (zero them first), and learns from the `size` written back which
+/// fields the library filled. A `size` smaller than the first version of the struct (up to
+/// `rtt_mean_us`) is `HB_ERR_INVALID_ARGUMENT`.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 pub struct hb_stats {
+    /// In: `sizeof(hb_stats)` as the caller compiled it. Out: the number of bytes written.
     pub size: usize,
     /// An `hb_state`.
     pub state: i32,
@@ -285,7 +310,7 @@ impl EventSink for CSink {
                         detail: detail.as_ptr(),
                         detail_len: detail.as_bytes().len(),
                     };
-                    unsafe { f(ud, &ev) };
+                    unsafe { callguard::state(f, ud, &ev) };
                 }
             }
             Event::Message { binary, data } => {
@@ -295,7 +320,7 @@ impl EventSink for CSink {
                     } else {
                         hb_message_kind::HB_MESSAGE_TEXT
                     };
-                    unsafe { f(ud, kind as i32, data.as_ptr(), data.len()) };
+                    unsafe { callguard::message(f, ud, kind as i32, data.as_ptr(), data.len()) };
                 }
             }
             Event::Heartbeat(h) => {
@@ -318,7 +343,7 @@ impl EventSink for CSink {
                         missed,
                         rtt_us,
                     };
-                    unsafe { f(ud, &ev) };
+                    unsafe { callguard::heartbeat(f, ud, &ev) };
                 }
             }
             Event::Dropped {
@@ -327,7 +352,7 @@ impl EventSink for CSink {
                 reason,
             } => {
                 if let Some(f) = self.cb.on_dropped {
-                    unsafe { f(ud, *count, *bytes, reason_code(*reason)) };
+                    unsafe { callguard::counts(f, ud, *count, *bytes, reason_code(*reason)) };
                 }
             }
             Event::Delivery {
@@ -341,13 +366,13 @@ impl EventSink for CSink {
                         Delivery::Unconfirmed => hb_delivery::HB_DELIVERY_UNCONFIRMED,
                         Delivery::Dropped => hb_delivery::HB_DELIVERY_DROPPED,
                     };
-                    unsafe { f(ud, *first, *count, outcome as i32) };
+                    unsafe { callguard::counts(f, ud, *first, *count, outcome as i32) };
                 }
             }
             Event::Log { level, message } => {
                 if let Some(f) = self.cb.on_log {
                     let m = c_string(message);
-                    unsafe { f(ud, *level as i32, m.as_ptr(), m.as_bytes().len()) };
+                    unsafe { callguard::log(f, ud, *level as i32, m.as_ptr(), m.as_bytes().len()) };
                 }
             }
         }
@@ -358,7 +383,7 @@ impl Drop for CSink {
     fn drop(&mut self) {
         if let Some(release) = self.cb.release {
             // SAFETY: the host's release hook, called once with its own user_data.
-            unsafe { release(self.user_data.0) };
+            unsafe { callguard::release(release, self.user_data.0) };
         }
     }
 }
@@ -401,7 +426,8 @@ fn sink(cb: hb_callbacks, user_data: *mut c_void) -> CSink {
 /// `url`: NUL-terminated `ws://host[:port][/path][?query]`. `config`: NULL for defaults; it is
 /// copied, so it may be changed or freed afterwards. `callbacks`: NULL, or the client's callbacks
 /// with `user_data`. No event is lost: with callbacks the first event (CONNECTING) comes after
-/// this returns; with NULL the client waits, without connecting, until `hb_set_callbacks`.
+/// `*client_out` has been written, so a callback may read the handle from where `client_out`
+/// points; with NULL the client waits, without connecting, until `hb_set_callbacks`.
 /// On success `*client_out` receives the handle. On error nothing is created, `release` is not
 /// called, and if `err_buf` is not NULL a NUL-terminated message (truncated to `err_buf_len`)
 /// says what was wrong: safe to read from any thread or goroutine.
@@ -410,7 +436,9 @@ fn sink(cb: hb_callbacks, user_data: *mut c_void) -> CSink {
 /// Thread safety: any thread.
 /// Errors: `HB_ERR_NULL`, `HB_ERR_INVALID_UTF8`, `HB_ERR_INVALID_URL`, `HB_ERR_UNSUPPORTED`
 /// (`wss://`), `HB_ERR_INVALID_ARGUMENT` (callbacks size), `HB_ERR_INVALID_CONFIG`,
-/// `HB_ERR_RUNTIME`, `HB_ERR_FORKED`.
+/// `HB_ERR_RUNTIME`. In a `fork()` child it works as anywhere: the child's first client starts
+/// a runtime of its own (the parent's clients are `HB_ERR_FORKED` there). After `hb_shutdown` it
+/// starts a fresh runtime.
 #[no_mangle]
 pub extern "C" fn hb_connect(
     url: *const c_char,
@@ -473,12 +501,15 @@ pub extern "C" fn hb_connect(
                 return fail(s, "too many clients");
             }
         };
-        // The sink goes in only now, so no callback (and no release) can run before success.
+        // The handle is written first and the sink goes in only then: the task waits for a
+        // sink before it reports anything, so no callback (and no release) runs before the host
+        // has its handle, and none is lost.
+        put(client_out, value as *mut hb_client)?;
         if let Some(cb) = cb {
-            // Cannot fail: nobody else knows the handle yet, so the client is not closed.
+            // Cannot fail: only the host, still inside this call, knows the handle.
             let _ = client.set_sink(sink(cb, user_data));
         }
-        put(client_out, value as *mut hb_client)
+        Ok(())
     });
     if status == HB_ERR_PANIC {
         write_message(err_buf, err_buf_len, "internal error (panic) in hb_connect");
@@ -585,7 +616,8 @@ pub extern "C" fn hb_send_binary(
 /// Thread safety: any thread but the library's own: inside a callback it is refused
 /// (`HB_ERR_IN_CALLBACK`, the handle stays valid): use `hb_close_start` there.
 /// Errors: `HB_ERR_NULL`, `HB_ERR_INVALID_HANDLE` (also for a second close), `HB_ERR_IN_CALLBACK`,
-/// `HB_ERR_FORKED`.
+/// `HB_ERR_TIMEOUT` (the library's thread was lost to a callback that exited it: see
+/// `hb_callbacks`), `HB_ERR_FORKED`.
 #[no_mangle]
 pub extern "C" fn hb_close(client: *mut hb_client) -> hb_status {
     guard(|| close(client, 1000, std::ptr::null(), 0, true))
@@ -606,7 +638,8 @@ pub extern "C" fn hb_close(client: *mut hb_client) -> hb_status {
 /// handle, even while the first waits, is `HB_ERR_INVALID_HANDLE` at once: it did not close
 /// anything, and the first close's return (or `release`) tells when the client has ended.
 /// Errors: `HB_ERR_NULL`, `HB_ERR_INVALID_ARGUMENT` (code, reason length), `HB_ERR_INVALID_UTF8`,
-/// `HB_ERR_INVALID_HANDLE`, `HB_ERR_IN_CALLBACK`, `HB_ERR_FORKED`.
+/// `HB_ERR_INVALID_HANDLE`, `HB_ERR_IN_CALLBACK`, `HB_ERR_TIMEOUT` (as `hb_close`),
+/// `HB_ERR_FORKED`.
 #[no_mangle]
 pub extern "C" fn hb_close_with(
     client: *mut hb_client,
@@ -654,11 +687,21 @@ fn close(
         return Err(HB_ERR_IN_CALLBACK);
     }
     let c = handle::remove(client as usize)?;
-    c.close_with(code, reason, wait);
+    c.close_with(code, reason, false);
+    if wait {
+        // Until the client has ended; not for ever if the library's thread was parked in a
+        // callback that exited its thread (see `callguard`): then nothing will end it.
+        while !c.wait_done_timeout(std::time::Duration::from_millis(100)) {
+            if callguard::parked() {
+                return Err(HB_ERR_TIMEOUT);
+            }
+        }
+    }
     Ok(())
 }
 
-/// Fills `*out` with the client's counters. Set `out->size = sizeof(hb_stats)` first.
+/// Fills `*out` with the client's counters. Set `out->size = sizeof(hb_stats)` first; see
+/// `hb_stats` for what an older or newer caller's `size` gets.
 ///
 /// Thread safety: any thread, including inside a callback.
 /// Errors: `HB_ERR_NULL`, `HB_ERR_INVALID_ARGUMENT` (size), `HB_ERR_INVALID_HANDLE`,

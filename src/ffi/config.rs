@@ -215,8 +215,13 @@ pub extern "C" fn hb_config_set_deliver_heartbeats(
     })
 }
 
-/// Reconnect backoff: attempt n waits uniform in `[0, min(cap, base × 2^n)]` (with jitter).
-/// 1 ms ..= 24 h each, `cap >= base` (checked by `hb_connect`). Default 1000, 30000.
+/// Reconnect backoff. Reconnect attempt n (1, 2, ... counted since the last proven connection:
+/// the `attempt` of the RECONNECTING event) waits uniform in `[0, min(cap, base × 2^(n-1))]`
+/// with jitter (`hb_config_set_backoff_jitter`), exactly `min(cap, base × 2^(n-1))` without, and
+/// never less than the floor `hb_config_set_backoff_min_ms`; a server's `Retry-After` may make
+/// it longer. So with the defaults attempt 1 waits up to 1 s, attempt 2 up to 2 s, attempt 6
+/// and later up to 30 s. 1 ms ..= 24 h each, `cap >= base` (checked by `hb_connect`).
+/// Default 1000, 30000.
 #[no_mangle]
 pub extern "C" fn hb_config_set_backoff(
     config: *mut hb_config,
@@ -230,7 +235,8 @@ pub extern "C" fn hb_config_set_backoff(
     })
 }
 
-/// 1: full jitter (default); 0: wait exactly `min(cap, base × 2^n)`.
+/// 1: full jitter (default): attempt n waits uniform in `[0, min(cap, base × 2^(n-1))]`;
+/// 0: it waits exactly `min(cap, base × 2^(n-1))`. Never less than the backoff floor.
 #[no_mangle]
 pub extern "C" fn hb_config_set_backoff_jitter(config: *mut hb_config, enabled: i32) -> hb_status {
     with(config, |c| {

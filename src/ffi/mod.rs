@@ -3,13 +3,15 @@
 //! checks every pointer and length, and returns an [`hb_status`].
 //!
 //! Pointers from C can only be checked for NULL; a non-NULL pointer must point where the
-//! function's documentation says. Client handles are different: they are generation-checked ids,
-//! so a stale, closed twice or forged handle is an error status, never undefined behaviour.
+//! function's documentation says. Client handles are different: they are ids looked up in a
+//! table ([`handle`]), never dereferenced, so a stale, closed twice or forged handle is an error
+//! status, never undefined behaviour.
 #![allow(non_camel_case_types, clippy::not_unsafe_ptr_arg_deref)]
 
 use std::ffi::{c_char, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+mod callguard;
 pub mod client;
 pub mod config;
 mod handle;
@@ -50,15 +52,19 @@ pub enum hb_status {
     HB_ERR_INVALID_CONFIG = -11,
     /// The library's runtime could not start.
     HB_ERR_RUNTIME = -12,
-    /// Called in a `fork()` child of the process that started hbws.
+    /// The handle belongs to the process this one was `fork()`ed from. (A child may create
+    /// clients of its own; its parent's are left alone.)
     HB_ERR_FORKED = -13,
     /// A runtime setting came after the runtime had started.
     HB_ERR_ALREADY_STARTED = -14,
     /// A bug in hbws panicked; the call had no effect that can be relied on.
     HB_ERR_PANIC = -15,
-    /// A call that waits was made from inside a callback (on the library's thread), where
-    /// waiting would deadlock; it did nothing. Use the non-waiting form (`hb_close_start`).
+    /// A call that waits was made from inside a callback (on the library's thread), where it
+    /// would wait for the callback itself; it did nothing. Use the non-waiting form
+    /// (`hb_close_start`).
     HB_ERR_IN_CALLBACK = -16,
+    /// The call did what it could, but what it waits for had not finished within its timeout.
+    HB_ERR_TIMEOUT = -17,
 }
 
 use hb_status::*;
