@@ -300,6 +300,26 @@ impl Wakeup {
     fn wait(&self) -> impl Future<Output = ()> + '_ {
         std::future::poll_fn(|cx| self.poll(cx))
     }
+
+    /// Pending once, registered for the host's next wake-up only; ready at the next poll,
+    /// whatever woke the task (or at once if there is work). Leaves the flag for `wait`. For a
+    /// turn whose select already polled the socket and the timer (both Pending) with this
+    /// task's waker within this same poll: their registrations stand, so they need no second
+    /// poll before the task sleeps.
+    fn park(&self) -> impl Future<Output = ()> + '_ {
+        let mut first = true;
+        std::future::poll_fn(move |cx| {
+            if !std::mem::replace(&mut first, false) || self.pending.load(Acquire) {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            if self.pending.load(Acquire) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
 }
 
 /// What the host's threads and the task share.
@@ -921,6 +941,8 @@ impl Task {
         // Whatever was queued while offline goes out first, in order.
         self.shared.wake.wake();
         let shared = self.shared.clone();
+        // False after a turn that needs no second poll of the socket and the timer.
+        let mut repoll = true;
         loop {
             // What woke the task, decided first; the work (and its awaits) follows outside the
             // select, so the select's own values are not kept in every task's state.
@@ -968,9 +990,21 @@ impl Task {
                     false
                 }
                 Turn::Wake => {
-                    if let Some(o) = self.on_wake(ws, &mut hb).await {
+                    // Whether the work waited (returned Pending): the select's registrations
+                    // may then have been used up by a wake-up.
+                    let mut waited = false;
+                    let work = self.on_wake(ws, &mut hb);
+                    tokio::pin!(work);
+                    let done = std::future::poll_fn(|cx| {
+                        let p = work.as_mut().poll(cx);
+                        waited |= p.is_pending();
+                        p
+                    })
+                    .await;
+                    if let Some(o) = done {
                         return o;
                     }
+                    repoll = waited;
                     false
                 }
             };
@@ -992,6 +1026,11 @@ impl Task {
             if next != deadline {
                 deadline = next;
                 sleep.as_mut().reset(deadline);
+            }
+            if !std::mem::replace(&mut repoll, true) {
+                // A host's wake-up was handled without waiting, right after a select that
+                // polled the socket and the timer: sleep on those registrations.
+                shared.wake.park().await;
             }
         }
     }
