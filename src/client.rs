@@ -267,7 +267,9 @@ struct Wakeup {
 impl Wakeup {
     fn wake(&self) {
         if !self.pending.swap(true, AcqRel) {
-            self.waker.wake();
+            if let Some(w) = self.waker.take() {
+                runtime::wake_task(w);
+            }
         }
     }
 
@@ -465,6 +467,9 @@ impl Client {
             }
             g.queue.push_back(make());
             g.queued_bytes += len;
+        }
+        if runtime::on_runtime_thread() {
+            runtime::replied_in_callback();
         }
         self.shared.wake.wake();
         Ok(())
@@ -1210,6 +1215,7 @@ impl Task {
         let c = &self.shared.counters;
         bump(&c.messages_received, 1);
         bump(&c.bytes_received, data.len() as u64);
+        runtime::reply_likely();
         self.emit(&Event::Message { binary, data });
     }
 
