@@ -267,9 +267,7 @@ struct Wakeup {
 impl Wakeup {
     fn wake(&self) {
         if !self.pending.swap(true, AcqRel) {
-            if let Some(w) = self.waker.take() {
-                runtime::wake_task(w);
-            }
+            self.waker.wake();
         }
     }
 
@@ -467,9 +465,6 @@ impl Client {
             }
             g.queue.push_back(make());
             g.queued_bytes += len;
-        }
-        if runtime::on_runtime_thread() {
-            runtime::replied_in_callback();
         }
         self.shared.wake.wake();
         Ok(())
@@ -1215,7 +1210,6 @@ impl Task {
         let c = &self.shared.counters;
         bump(&c.messages_received, 1);
         bump(&c.bytes_received, data.len() as u64);
-        runtime::reply_likely();
         self.emit(&Event::Message { binary, data });
     }
 

@@ -5,10 +5,9 @@
 //! survive `fork()`: the child sees [`RuntimeError::Forked`] from every call instead of a hang.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
-use std::task::Waker;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use tokio::runtime::{Handle, Runtime};
 
@@ -47,104 +46,6 @@ extern "C" fn in_fork_child() {
 
 thread_local! {
     static ON_RUNTIME_THREAD: Cell<bool> = const { Cell::new(false) };
-    /// A message went to the host since the runtime thread last parked: an answer from the
-    /// host's thread is likely to follow.
-    static REPLY_LIKELY: Cell<bool> = const { Cell::new(false) };
-}
-
-/// How long the runtime thread spins for a host's answer before it parks (0: never).
-static SPIN_NS: AtomicU64 = AtomicU64::new(0);
-/// True while the runtime thread spins before parking: a host's wake-up is then handed over
-/// in [`DEFERRED`] instead of through tokio's remote schedule (an eventfd write).
-static SPINNING: AtomicBool = AtomicBool::new(false);
-static DEFERRED_ANY: AtomicBool = AtomicBool::new(false);
-static DEFERRED: Mutex<Vec<Waker>> = Mutex::new(Vec::new());
-
-/// Prototype knob (issue 9 §5): spin for up to `ns` before the runtime thread parks after it
-/// delivered a message. Read from `HBWS_SPIN_NS` at start if not set here.
-pub fn set_spin_ns(ns: u64) {
-    SPIN_NS.store(ns, Ordering::Relaxed);
-}
-
-/// Called on the runtime thread when a message is handed to the host.
-pub(crate) fn reply_likely() {
-    REPLY_LIKELY.with(|c| c.set(true));
-}
-
-/// Wakes a client's task from a host thread: handed to the spinning runtime thread if it is
-/// spinning (no system call), else tokio's own wake.
-pub(crate) fn wake_task(w: Waker) {
-    if !SPINNING.load(Ordering::SeqCst) {
-        w.wake();
-        return;
-    }
-    DEFERRED.lock().unwrap_or_else(|p| p.into_inner()).push(w);
-    DEFERRED_ANY.store(true, Ordering::SeqCst);
-    // The runtime thread may have stopped spinning and drained before our push: then whoever
-    // drains next (here) wakes it.
-    if !SPINNING.load(Ordering::SeqCst) {
-        drain();
-    }
-}
-
-fn drain() {
-    let ws = {
-        let mut g = DEFERRED.lock().unwrap_or_else(|p| p.into_inner());
-        DEFERRED_ANY.store(false, Ordering::SeqCst);
-        std::mem::take(&mut *g)
-    };
-    for w in ws {
-        w.wake();
-    }
-}
-
-thread_local! {
-    /// Spins in a row that the host did not answer in time, and chances left to skip.
-    static SPIN_MISSES: Cell<(u32, u32)> = const { Cell::new((0, 0)) };
-}
-
-/// Called from `Client::send` on the runtime thread: the host answered from its callback.
-pub(crate) fn replied_in_callback() {
-    REPLY_LIKELY.with(|c| c.set(false));
-}
-
-/// tokio's `on_thread_park` hook (one-thread runtime): spins a short while for a host's answer.
-/// Backs off after misses: a host that does not answer soon costs at most one spin in 2^k.
-fn before_park() {
-    let ns = SPIN_NS.load(Ordering::Relaxed);
-    if ns == 0 || !REPLY_LIKELY.with(|c| c.replace(false)) {
-        return;
-    }
-    let (misses, skip) = SPIN_MISSES.with(|c| c.get());
-    if skip > 0 {
-        SPIN_MISSES.with(|c| c.set((misses, skip - 1)));
-        return;
-    }
-    SPINNING.store(true, Ordering::SeqCst);
-    let until = Instant::now() + Duration::from_nanos(ns);
-    'spin: loop {
-        for _ in 0..64 {
-            if DEFERRED_ANY.load(Ordering::SeqCst) {
-                break 'spin;
-            }
-            std::hint::spin_loop();
-        }
-        if Instant::now() >= until {
-            break;
-        }
-    }
-    SPINNING.store(false, Ordering::SeqCst);
-    let answered = DEFERRED_ANY.load(Ordering::SeqCst);
-    SPIN_MISSES.with(|c| {
-        c.set(if answered {
-            (0, 0)
-        } else {
-            let m = (misses + 1).min(6);
-            (m, (1 << m) - 1)
-        })
-    });
-    // Woken here, on the runtime thread: a local schedule, no system call.
-    drain();
 }
 
 /// Sets the number of worker threads. Only before the runtime has started.
@@ -205,20 +106,8 @@ pub fn handle() -> Result<Handle, RuntimeError> {
 /// our own, which costs less per event than a one-worker multi-thread scheduler. More threads: a
 /// multi-thread runtime.
 fn start(threads: usize) -> Result<(Handle, Option<Runtime>), String> {
-    if let Some(ns) = std::env::var("HBWS_SPIN_NS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        SPIN_NS.store(ns, Ordering::Relaxed);
-    }
-    // Spinning only pays where the host's thread can run meanwhile.
-    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
-        SPIN_NS.store(0, Ordering::Relaxed);
-    }
     let mut builder = if threads <= 1 {
-        let mut b = tokio::runtime::Builder::new_current_thread();
-        b.on_thread_park(before_park);
-        b
+        tokio::runtime::Builder::new_current_thread()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
         b.worker_threads(threads);
