@@ -242,8 +242,6 @@ struct Inner {
     /// The task has ended (or is ending): nothing more is accepted.
     finished: bool,
     pending_sink: Option<Box<dyn EventSink>>,
-    /// MEASUREMENT PROTOTYPE: a dup of the open socket the host's thread writes to itself.
-    direct: Option<std::net::TcpStream>,
 }
 
 /// What woke a session's task (see `Task::session`).
@@ -414,7 +412,6 @@ impl Client {
                 close_requested: false,
                 finished: false,
                 pending_sink: None,
-                direct: None,
             }),
             wake: Wakeup::default(),
             sink_pending: AtomicBool::new(false),
@@ -465,27 +462,6 @@ impl Client {
             };
             if g.queue.len() >= max_n || g.queued_bytes.saturating_add(len) > max_bytes {
                 return Err(SendError::QueueFull);
-            }
-            // MEASUREMENT PROTOTYPE: nothing queued, the task not writing: write it here.
-            if g.queue.is_empty() && g.state == State::Open && !runtime::on_runtime_thread() {
-                if let Some(tcp) = &g.direct {
-                    let out = make();
-                    let op = if out.binary { OP_BINARY } else { OP_TEXT };
-                    let mut frame = [0u8; 14 + 1024];
-                    if let Some(n) = crate::wire::encode_small(&mut frame, op, &out.data) {
-                        use std::io::Write as _;
-                        match (&*tcp).write(&frame[..n]) {
-                            Ok(w) if w == n => return Ok(()),
-                            Ok(_) => panic!("prototype: partial direct write"),
-                            Err(_) => {}
-                        }
-                    }
-                    g.queue.push_back(out);
-                    g.queued_bytes += len;
-                    drop(g);
-                    self.shared.wake.wake();
-                    return Ok(());
-                }
             }
             g.queue.push_back(make());
             g.queued_bytes += len;
@@ -865,17 +841,7 @@ impl Task {
                 ),
                 Ok(Err(e)) => self.connect_failure(e),
                 Ok(Ok(mut ws)) => {
-                    if std::env::var_os("HBWS_DIRECT").is_some() {
-                        use std::os::fd::AsFd;
-                        self.shared.lock().direct = ws
-                            .get_ref()
-                            .as_fd()
-                            .try_clone_to_owned()
-                            .ok()
-                            .map(std::net::TcpStream::from);
-                    }
                     let o = self.session(&mut ws).await;
-                    self.shared.lock().direct = None;
                     // Whatever the connection did not confirm is now beyond knowing.
                     self.settle(self.written, Delivery::Unconfirmed);
                     o

@@ -340,25 +340,6 @@ fn mask_key() -> [u8; 4] {
     rand::random()
 }
 
-/// MEASUREMENT PROTOTYPE: one masked frame of at most [`STACK_WRITE`] payload bytes, encoded
-/// into `out`; returns its length.
-pub fn encode_small(
-    out: &mut [u8; MAX_HEADER + STACK_WRITE],
-    op: u8,
-    payload: &[u8],
-) -> Option<usize> {
-    if payload.len() > STACK_WRITE {
-        return None;
-    }
-    let mut head = [0u8; MAX_HEADER];
-    let key = mask_key();
-    let n = encode_header(&mut head, op, payload.len(), key);
-    out[..n].copy_from_slice(&head[..n]);
-    out[n..n + payload.len()].copy_from_slice(payload);
-    mask(&mut out[n..n + payload.len()], key);
-    Some(n + payload.len())
-}
-
 /// The framing of one client connection over `S`.
 pub struct Wire<S> {
     io: S,
@@ -629,11 +610,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// The stream, for tests and fuzzing.
     pub fn into_inner(self) -> S {
         self.io
-    }
-
-    /// The stream (MEASUREMENT PROTOTYPE: direct writes from the host's thread).
-    pub fn get_ref(&self) -> &S {
-        &self.io
     }
 
     /// Bytes started but not yet written.
