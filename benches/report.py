@@ -87,6 +87,105 @@ def ipe(mode, c):
 
 
 instr = {(m, c): ipe(m, c) for m in ("plain", "vec") for c in ("hbws", "raw", "lws")}
+HOST = ("hbws-host", "raw-host", "lws-host")
+
+
+def cg_calls(path, name):
+    """Calls to functions whose name contains `name` in a callgrind output file."""
+    names, cur, n = {}, None, 0
+    try:
+        for line in open(path, errors="replace"):
+            m = re.match(r"c?fn=\((\d+)\)(?: (.*))?", line)
+            if m:
+                if m.group(2):
+                    names[m.group(1)] = m.group(2)
+                cur = m.group(1) if line.startswith("cfn") else None
+            elif cur and line.startswith("calls="):
+                if name in names.get(cur, ""):
+                    n += int(line.split()[0][6:])
+                cur = None
+    except OSError:
+        return None
+    return n
+
+
+# Host-thread style on tokio: a send either finds the runtime thread parked (it wakes it: an
+# eventfd write, `mio::...::Waker::wake`, and a whole extra turn of the runtime) or still finishing
+# its turn (the send is picked up in that turn). Under callgrind's serialized threads the mix
+# varies from run to run, so each run's wake-ups per echo are counted and
+# cost = awake + extra × wakes is fitted over the runs: "parked" (every send wakes the runtime, the
+# usual case natively when the host takes longer to wake than the runtime to park) and "awake"
+# are then properties of the code, not of the run's timing.
+WAKE_FN = "mio::sys::unix::waker::Waker::wake"
+host_fit = {}
+for c in HOST:
+    instr[("plain", c)] = ipe("plain", c)
+    b = cg.get(("plain", c, 0))
+    w0 = cg_calls(os.path.join(out, f"cg.plain.{c}.0"), WAKE_FN)
+    pts = []
+    for v, f in ((c, f"cg.plain.{c}.{K}"), (c + ".fair", f"cg.plain.{c}.fair.{K}"), (c + ".2", f"cg.plain.{c}.2.{K}")):
+        a = cg.get(("plain", v, K))
+        w = cg_calls(os.path.join(out, f), WAKE_FN)
+        if a and b and K and w is not None and w0 is not None:
+            pts.append(((w - w0) / K, (a - b) / K))
+    fit = {"points": [(round(w, 3), round(i)) for w, i in pts]}
+    if c != "lws-host" and pts:
+        ws = [w for w, _ in pts]
+        if max(ws) - min(ws) >= 0.15:
+            mw, mi = statistics.mean(ws), statistics.mean(i for _, i in pts)
+            slope = sum((w - mw) * (i - mi) for w, i in pts) / sum((w - mw) ** 2 for w in ws)
+            fit.update(awake=mi - slope * mw, parked=mi + slope * (1 - mw), how="fit")
+        else:
+            # No spread to fit: the runs' own mix (their median).
+            w, i = statistics.median(ws), statistics.median(i for _, i in pts)
+            fit.update(awake=None, parked=i if w >= 0.9 else None, measured=i, wakes=w, how="measured")
+        if fit.get("parked") is not None:
+            instr[("plain", c)] = fit["parked"]
+        elif fit.get("measured") is not None:
+            instr[("plain", c)] = fit["measured"]
+            notes.append(f"instr_per_echo_host_thread ({c}): the runs' sends woke the runtime {w:.2f} times per echo and "
+                         "did not spread enough to fit the parked case; the figure is that run's mix")
+    if c != "lws-host":
+        host_fit[c] = fit
+
+# ------------------------------------------------------------------ system calls per echo
+# syscalls.txt: "TOOL CLIENT K name=count ..." for K = 0 and K = KLAT; per echo = difference / K.
+sc, sc_tool = {}, None
+try:
+    for line in open(os.path.join(out, "syscalls.txt")):
+        f = line.split()
+        sc_tool = f[0]
+        sc[(f[1], int(f[2]))] = {kv.split("=")[0]: int(kv.split("=")[1]) for kv in f[3:] if "=" in kv}
+except Exception:
+    pass
+sc_k = max((k for (_, k) in sc), default=None)
+
+
+def spe(c):
+    """System calls per echo of client c: (total, {name: per echo}) or (None, {})."""
+    a, b = sc.get((c, sc_k)), sc.get((c, 0))
+    if not sc_k or not a or not b or "sys_enter" not in a:
+        return None, {}
+    by = {n: (v - b.get(n, 0)) / sc_k for n, v in a.items() if n != "sys_enter"}
+    return (a["sys_enter"] - b["sys_enter"]) / sc_k, {n: v for n, v in by.items() if v >= 0.005}
+
+
+sys_pe = {c: spe(c) for c in ("hbws", "raw", "lws") + HOST}
+# On tokio (hbws-host, raw-host) every send that finds the runtime thread parked costs an eventfd
+# `write` and one more `epoll_wait` (the runtime's wake-up); the rest of the count does not depend
+# on the race. The parked end (every send wakes the runtime, as in the instruction figure):
+# measured + 2 × (1 − writes per echo).
+sys_parked = {}
+for c in ("hbws-host", "raw-host"):
+    n, by = sys_pe[c]
+    if n is not None:
+        sys_parked[c] = n + 2 * (1 - by.get("write", 0))
+sys_parked["lws-host"] = sys_pe["lws-host"][0]
+if not sc:
+    notes.append("syscalls_per_echo*: neither perf nor strace could count the echo runs' system calls")
+elif sc_tool == "strace":
+    notes.append("syscalls_per_echo*: counted with strace -f -c (perf unavailable); strace slows the threads, which "
+                 "changes how often the host-thread style finds the runtime thread awake")
 if instr[("plain", "lws")] is None:
     notes.append("instr_per_echo_lws*/p50_us_lws: libwebsockets client not built or failed (see results/cg.*.lws.*.log)")
 
@@ -115,9 +214,38 @@ def top_funcs(mode, c, n=15):
 hb_top_funcs = top_funcs("plain", "hbws")
 raw_top_funcs = top_funcs("plain", "raw")
 
+
+def func_costs(mode, c, variant=""):
+    """Self cost per echo of every function of client c (K run minus 0 run)."""
+    f, f0 = os.path.join(out, f"cg.{mode}.{c}{variant}.{K}"), os.path.join(out, f"cg.{mode}.{c}.0")
+    if K is None or not os.path.exists(f) or not os.path.exists(f0):
+        return {}
+
+    def parse(path):
+        d = {}
+        txt = sh(f"callgrind_annotate --inclusive=no --threshold=100 {path} 2>/dev/null")
+        for line in txt.splitlines():
+            mm = re.match(r"\s*([\d,]+)\s+\([\s\d.]+%\)\s+(.*)$", line)
+            if mm and "PROGRAM TOTALS" not in line:
+                name = re.sub(r"\s*\[.*\]$", "", mm.group(2))
+                d[name] = d.get(name, 0) + int(mm.group(1).replace(",", ""))
+        return d
+
+    a, b = parse(f), parse(f0)
+    return {k: (v - b.get(k, 0)) / K for k, v in a.items()}
+
+
+# Where the host-thread style's extra instructions go: hbws-host minus hbws, per function, from
+# the hbws-host run whose sends woke the runtime most often (nearest the parked end).
+_runs = [(cg_calls(os.path.join(out, f"cg.plain.hbws-host{v}.{K}"), WAKE_FN) or 0, v) for v in ("", ".fair", ".2")
+         if os.path.exists(os.path.join(out, f"cg.plain.hbws-host{v}.{K}"))]
+_best = max(_runs)[1] if _runs else ""
+_hc, _hh = func_costs("plain", "hbws"), func_costs("plain", "hbws-host", _best)
+host_extra_funcs = sorted(((_hh.get(k, 0) - _hc.get(k, 0), k) for k in set(_hc) | set(_hh)), reverse=True)[:20] if _hh else []
+
 # ------------------------------------------------------------------ latency
 lat = {}
-for c in ("hbws", "raw", "lws"):
+for c in ("hbws", "raw", "lws") + HOST:
     runs = [load(os.path.basename(p)) for p in sorted(glob.glob(os.path.join(out, f"lat_{c}_*.json")))]
     runs = [r for r in runs if r.get("echoes")]
     lat[c] = {
@@ -151,6 +279,23 @@ summary = {
     "instr_per_echo_vec": instr[("vec", "hbws")],
     "instr_per_echo_raw_vec": instr[("vec", "raw")],
     "instr_per_echo_lws_vec": instr[("vec", "lws")],
+    "syscalls_per_echo": sys_pe["hbws"][0],
+    "syscalls_per_echo_raw": sys_pe["raw"][0],
+    "syscalls_per_echo_lws": sys_pe["lws"][0],
+    "instr_per_echo_host_thread": instr[("plain", "hbws-host")],
+    "instr_per_echo_host_thread_raw": instr[("plain", "raw-host")],
+    "instr_per_echo_host_thread_lws": instr[("plain", "lws-host")],
+    "instr_per_echo_host_thread_awake": host_fit.get("hbws-host", {}).get("awake"),
+    "instr_per_echo_host_thread_awake_raw": host_fit.get("raw-host", {}).get("awake"),
+    "syscalls_per_echo_host_thread": sys_parked.get("hbws-host"),
+    "syscalls_per_echo_host_thread_raw": sys_parked.get("raw-host"),
+    "syscalls_per_echo_host_thread_lws": sys_parked.get("lws-host"),
+    "syscalls_per_echo_host_thread_measured": sys_pe["hbws-host"][0],
+    "syscalls_per_echo_host_thread_measured_raw": sys_pe["raw-host"][0],
+    "host_thread_wakeups_per_echo": sys_pe["hbws-host"][1].get("write") if sys_pe["hbws-host"][0] is not None else None,
+    "p50_us_host_thread": lat["hbws-host"]["p50"],
+    "p50_us_host_thread_raw": lat["raw-host"]["p50"],
+    "p50_us_host_thread_lws": lat["lws-host"]["p50"],
     "p50_us": lat["hbws"]["p50"],
     "p50_us_raw": lat["raw"]["p50"],
     "p50_us_lws": lat["lws"]["p50"],
@@ -170,9 +315,14 @@ summary = {
     "run_seconds": elapsed,
 }
 for k in ("instr_per_echo", "instr_per_echo_raw", "instr_per_echo_lws", "instr_per_echo_vec",
-          "instr_per_echo_raw_vec", "instr_per_echo_lws_vec"):
+          "instr_per_echo_raw_vec", "instr_per_echo_lws_vec", "instr_per_echo_host_thread",
+          "instr_per_echo_host_thread_raw", "instr_per_echo_host_thread_lws",
+          "instr_per_echo_host_thread_awake", "instr_per_echo_host_thread_awake_raw"):
     if summary[k] is not None:
         summary[k] = round(summary[k])
+for k in [k for k in summary if k.startswith("syscalls_per_echo")]:
+    if summary[k] is not None:
+        summary[k] = round(summary[k], 2)
 
 # ------------------------------------------------------------------ plots
 def svg_lines(path, title, xlabel, ylabel, series, logx=False):
@@ -300,6 +450,15 @@ A(f"| same, with the GLIBC tunables | ≤ 1.10× raw, ≤ lws | {fmt(ive,0)} vs 
 p, pr, pl = summary["p50_us"], summary["p50_us_raw"], summary["p50_us_lws"]
 A(f"| wall p50 per echo (2 spinners) | ≤ 1.05× raw, ≤ lws | {fmt(p)} µs vs raw {fmt(pr)} µs ({fmt(ratio(p, pr))}×), lws {fmt(pl)} µs ({fmt(ratio(p, pl))}×) | "
   f"{verdict(None if ratio(p, pr) is None else (ratio(p, pr) <= 1.05 and (pl is None or p <= pl)))} |")
+ih_, ihr, ihl = summary["instr_per_echo_host_thread"], summary["instr_per_echo_host_thread_raw"], summary["instr_per_echo_host_thread_lws"]
+A(f"| host-thread echo: instructions (incl. the host's wait) | ≤ 6,500 | {fmt(ih_,0)} with the runtime parked at each send, "
+  f"{fmt(summary['instr_per_echo_host_thread_awake'],0)} with it awake (raw {fmt(ihr,0)}, lws {fmt(ihl,0)}; in-callback {fmt(ie,0)}) | "
+  f"{verdict(None if ih_ is None else ih_ <= 6500)} |")
+sh_, shr, shl = summary["syscalls_per_echo_host_thread"], summary["syscalls_per_echo_host_thread_raw"], summary["syscalls_per_echo_host_thread_lws"]
+A(f"| host-thread echo: system calls (incl. the host's wait) | ≤ 6 | {fmt(sh_)} with the runtime parked at each send; this run measured "
+  f"{fmt(summary['syscalls_per_echo_host_thread_measured'])} ({fmt(summary['host_thread_wakeups_per_echo'])} of its sends found it parked) "
+  f"(raw {fmt(shr)}, lws {fmt(shl)}; in-callback {fmt(summary['syscalls_per_echo'])}) | "
+  f"{verdict(None if sh_ is None else sh_ <= 6.05)} |")
 A(f"| silent-link detection | within +1% of bound | median {fmt(detect_ms)} ms, bound {detect_bound} ms ({fmt(det.get('detect_over_bound_pct'),3)}%), max {fmt(det.get('detect_ms',{}).get('max'))} ms | "
   f"{verdict(None if detect_ms is None else det.get('detect_ms', {}).get('max', 1e9) <= detect_bound * 1.01)} |")
 A(f"| reset noticed | ≤ 10 ms | median {fmt(reset_ms)} ms, max {fmt(det.get('reset_ms',{}).get('max'))} ms | {verdict(None if reset_ms is None else det['reset_ms']['max'] <= 10)} |")
@@ -362,6 +521,46 @@ for c in ("hbws", "raw", "lws"):
     A(f"| {c} | {fmt(lat[c]['p50'], 1)} | {fmt(lat[c]['p50_min'], 1)} | {fmt(lat[c]['p99'], 1)} | {fmt(ratio(lat[c]['p50'], lat['raw']['p50']))} | "
       + ", ".join(f"{r['p50_us']}/{r['p99_us']}" for r in lat[c]["runs"]) + " |")
 A("")
+A("### Sending from the host's own thread\n")
+A("The README's quick start sends from the host's thread, not from a callback. Here the main thread sends a message, "
+  "waits for its echo on a `std` Mutex + Condvar (pthread's for lws) that the receiving side signals, and repeats; the "
+  "wait is the host's own and is counted. hbws-host: `hb_send_text` on the main thread, the echo arrives in `on_message` "
+  "on the library's thread. raw-host: the same tokio-tungstenite connection on a current_thread runtime on a thread of "
+  "its own; the main thread hands each message to its task through a tokio mpsc channel, the task (a select over the "
+  "channel and the socket) signals the condvar. lws-host: `lws_service` on a thread of its own; the main thread asks for "
+  "each send with `lws_cancel_service` (lws's one thread-safe call), the service thread asks for WRITEABLE from "
+  "`LWS_CALLBACK_EVENT_WAIT_CANCELLED`. Instructions as above (callgrind, K-run minus 0-run, whole process, every "
+  "thread). On tokio a send either finds the runtime thread parked (it wakes it: an eventfd write and a whole extra "
+  "turn of the runtime) or still finishing the turn that delivered the echo (picked up in that turn, no wake-up); which, "
+  "is a race that callgrind's serialized threads decide differently from run to run. So each hbws-host and raw-host "
+  "run's wake-ups per echo are counted (calls of mio's `Waker::wake`), three runs (one with `--fair-sched=yes`) are "
+  "fitted to cost = awake + extra × wake-ups, and the table gives the **parked** end (every send wakes the runtime: the "
+  "usual case natively, where the host takes longer to wake up than the runtime to park) with the awake end and the "
+  "runs' points (wake-ups per echo, instructions per echo) beside it. lws-host wakes its service thread on every send "
+  f"(a pipe write). System calls: every thread of the client process, {sc_k} round trips minus a 0-echo run, counted "
+  + ("by the kernel's `raw_syscalls:sys_enter` tracepoint (`perf stat`), which does not slow the threads the way "
+     "`strace -f` does" if sc_tool == "perf" else f"with `{sc_tool}`") + "; the same race decides them natively (each send "
+  "that finds the runtime parked adds an eventfd `write` and an `epoll_wait`), so the column gives the parked end, "
+  "measured + 2 × (1 − writes per echo), with the run's own count and breakdown beside it. The in-callback rows are "
+  "repeated for comparison.\n")
+A("| client | style | instr / echo | × raw (same style) | system calls / echo | measured (by call) | wall p50 µs (median round) | callgrind runs: awake end; (wake-ups, instr) per echo |")
+A("|---|---|---|---|---|---|---|---|")
+for c, style, base in (("hbws", "in callback", "raw"), ("raw", "in task", "raw"), ("lws", "in callback", "raw"),
+                       ("hbws-host", "host thread", "raw-host"), ("raw-host", "host thread", "raw-host"),
+                       ("lws-host", "host thread", "raw-host")):
+    n, by = sys_pe[c]
+    A(f"| {c.replace('-host', '')} | {style} | {fmt(instr[('plain', c)], 0)} | {fmt(ratio(instr[('plain', c)], instr[('plain', base)]))} | "
+      f"{fmt(sys_parked.get(c, n))} | {fmt(n)} ({', '.join(f'{k} {v:.2f}' for k, v in sorted(by.items(), key=lambda x: -x[1]))}) | {fmt(lat[c]['p50'], 1)} | "
+      + (f"{fmt(host_fit[c].get('awake'), 0)}; " + ", ".join(f"({w}, {i})" for w, i in host_fit[c]["points"]) if c in host_fit else "") + " |")
+A("")
+if host_extra_funcs:
+    A("Where the host-thread style's extra instructions go (callgrind self cost per echo, hbws-host minus hbws, top 20; "
+      f"the hbws-host run with the most wake-ups, {max(_runs)[0] / K:.2f} per echo):\n")
+    A("| function | hbws-host | hbws (in callback) | extra |")
+    A("|---|---|---|---|")
+    for v, k in host_extra_funcs:
+        A(f"| `{k.replace('|', chr(92) + '|')[:100]}` | {fmt(_hh.get(k, 0), 0)} | {fmt(_hc.get(k, 0), 0)} | {fmt(v, 0)} |")
+    A("")
 if hb_top_funcs:
     A("Where hbws's instructions per echo go (callgrind self cost, K run minus 0 run, per echo, top 15) next to raw's:\n")
     A("| hbws function | instr / echo | | raw function | instr / echo |")

@@ -104,7 +104,26 @@ cg_count() { # outfile -> total instructions
 echo_cmd() { # client k [--lat]
   case $1 in
     lws) $PIN_CLIENT "$T/lws_echo" "${URL_PORT}" "$2" ${3:-} ;;
+    lws-host) $PIN_CLIENT "$T/lws_echo" "${URL_PORT}" "$2" ${3:-} --host ;;
     *) $PIN_CLIENT "$T/echo" "$1" "$URL" "$2" ${3:-} ;;
+  esac
+}
+# System calls per echo: every thread of the client process, counted by the kernel's
+# raw_syscalls:sys_enter tracepoint (perf stat), which does not slow the threads down; strace -f
+# would, and on the host-thread style a slower runtime thread changes how often the host finds
+# it awake (and so the count). strace -f -c only where perf cannot count.
+SC_EVENTS=raw_syscalls:sys_enter
+for s in futex write read epoll_wait epoll_pwait sendto recvfrom poll ppoll; do SC_EVENTS+=",syscalls:sys_enter_$s"; done
+SC_TOOL=none
+if command -v perf >/dev/null && perf stat -x, -e "$SC_EVENTS" -o /dev/null true 2>/dev/null; then SC_TOOL=perf
+elif command -v strace >/dev/null; then SC_TOOL=strace; fi
+sc_count() { # outfile cmd... -> "name=count ..." of the run's system calls
+  local f=$1; shift
+  case $SC_TOOL in
+    perf) perf stat -x, -e "$SC_EVENTS" -o "$f" -- "$@" >/dev/null 2>"$f.log" || true
+          awk -F, '$1 ~ /^[0-9]+$/ { n=$3; sub(/.*:(sys_enter_)?/, "", n); printf "%s=%s ", n, $1 }' "$f" ;;
+    strace) strace -f -c -o "$f" -- "$@" >/dev/null 2>"$f.log" || true
+          awk '$1 ~ /^[0-9.]+$/ && $NF ~ /^[a-z_0-9]+$/ { printf "%s=%s ", ($NF == "total" ? "sys_enter" : $NF), $4 }' "$f" ;;
   esac
 }
 PIN_CLIENT=""
@@ -112,19 +131,54 @@ echo_all() {
   srv_start
   URL_PORT=$(awk '/PORT/{print $2}' "$OUT/srv.port")
   local clients="hbws raw"; [[ $LWS == 1 ]] && clients="hbws raw lws"
+  # Host-thread style (the README's quick start): the main thread sends, waits for the echo on a
+  # condvar, repeats (see echo.rs / lws_echo.c --host). Counted like the in-callback rows.
+  local hclients="hbws-host raw-host"; [[ $LWS == 1 ]] && hclients="hbws-host raw-host lws-host"
   : > "$OUT/callgrind.txt"
   for mode in plain vec; do
-    for c in $clients; do
+    local cs=$clients; [[ $mode == plain ]] && cs="$clients $hclients"
+    for c in $cs; do
       for k in 0 "$K"; do
         log "callgrind $mode $c k=$k"
         local f=$OUT/cg.$mode.$c.$k
         local cmd
-        if [[ $c == lws ]]; then cmd=("$T/lws_echo" "$URL_PORT" "$k"); else cmd=("$T/echo" "$c" "$URL" "$k"); fi
+        case $c in
+          lws) cmd=("$T/lws_echo" "$URL_PORT" "$k") ;;
+          lws-host) cmd=("$T/lws_echo" "$URL_PORT" "$k" --host) ;;
+          *) cmd=("$T/echo" "$c" "$URL" "$k") ;;
+        esac
         local envs=()
         [[ $mode == vec ]] && envs=(GLIBC_TUNABLES=glibc.cpu.x86_rep_stosb_threshold=0x7fffffffffff:glibc.cpu.x86_rep_movsb_threshold=0x7fffffffffff)
         env "${envs[@]}" valgrind --tool=callgrind --callgrind-out-file="$f" "${cmd[@]}" >/dev/null 2>"$f.log" || true
         echo "$mode $c $k $(cg_count "$f" 2>/dev/null || echo 0)" >> "$OUT/callgrind.txt"
       done
+      if [[ $c == hbws-host || $c == raw-host ]]; then
+        # Host-thread style on tokio: whether a send finds the runtime thread parked (eventfd
+        # write, a whole extra turn) or still finishing its turn (no wake-up at all) is a race that
+        # valgrind's serialized threads decide differently from run to run. Two more runs (one with
+        # valgrind's other thread scheduler) give report.py points at different mixes; it fits
+        # cost = awake + extra × (wake-ups per echo) and reports both ends.
+        for v in fair 2; do
+          local f=$OUT/cg.$mode.$c.$v.$K fs=no
+          [[ $v == fair ]] && fs=yes
+          log "callgrind $mode $c k=$K ($v)"
+          valgrind --tool=callgrind --fair-sched=$fs --callgrind-out-file="$f" "${cmd[@]}" >/dev/null 2>"$f.log" || true
+          echo "$mode $c.$v $K $(cg_count "$f" 2>/dev/null || echo 0)" >> "$OUT/callgrind.txt"
+        done
+      fi
+    done
+  done
+  log "system calls per echo ($SC_TOOL)"
+  : > "$OUT/syscalls.txt"
+  for c in $clients $hclients; do
+    for k in 0 "$KLAT"; do
+      local cmd
+      case $c in
+        lws) cmd=("$T/lws_echo" "$URL_PORT" "$k") ;;
+        lws-host) cmd=("$T/lws_echo" "$URL_PORT" "$k" --host) ;;
+        *) cmd=("$T/echo" "$c" "$URL" "$k") ;;
+      esac
+      echo "$SC_TOOL $c $k $(sc_count "$OUT/sc.$c.$k" "${cmd[@]}")" >> "$OUT/syscalls.txt"
     done
   done
   log "latency with two nice -n 19 spinners"
@@ -142,7 +196,7 @@ echo_all() {
   # Rounds interleave the clients (hbws, raw, lws, hbws, ...), so drift in the VM's speed during
   # the run falls on all of them alike; the report takes each client's median round.
   for r in $(seq "$LAT_ROUNDS"); do
-    for c in $clients; do echo_cmd "$c" "$KLAT" --lat > "$OUT/lat_${c}_$r.json" || echo '{}' > "$OUT/lat_${c}_$r.json"; done
+    for c in $clients $hclients; do echo_cmd "$c" "$KLAT" --lat > "$OUT/lat_${c}_$r.json" || echo '{}' > "$OUT/lat_${c}_$r.json"; done
   done
   for p in "${SPIN[@]}"; do kill "$p" 2>/dev/null || true; done; SPIN=(); PIN_CLIENT=""
   srv_stop

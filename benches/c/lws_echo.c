@@ -1,6 +1,6 @@
 /* Minimal libwebsockets echo client for the per-message benchmark.
  *
- * lws_echo PORT K [--lat]
+ * lws_echo PORT K [--lat] [--host]
  *
  * Connects to ws://127.0.0.1:PORT/, sends a 32-byte text message, waits for its echo, and
  * repeats K times (the next send is requested with lws_callback_on_writable from the receive
@@ -11,6 +11,8 @@
  * way of sending) to the echo's receive callback, as the hbws and raw clients time it from their
  * send call; timing from the WRITEABLE callback would leave lws's own event-loop turn out. */
 #include <libwebsockets.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,7 +20,15 @@
 
 static const char MSG[] = "0123456789abcdef0123456789abcdef";
 static long k, got;
-static int lat, done;
+static int lat, host;
+static atomic_int done;
+static struct lws *conn;
+static struct lws_context *ctx;
+/* --host: sends asked for by the main thread, and echoes received, under one mutex. */
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+static long asked, echoed;
+static int opened;
 static uint64_t sent_at;
 static uint32_t *lats;
 static unsigned char buf[LWS_PRE + 64];
@@ -35,8 +45,23 @@ static int cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, voi
         fprintf(stderr, "lws_echo: connection error: %s\n", in ? (const char *)in : "?");
         done = 2;
         break;
+    case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
+        if (host && conn) {
+            pthread_mutex_lock(&mu);
+            int want = asked > got;
+            pthread_mutex_unlock(&mu);
+            if (want)
+                lws_callback_on_writable(conn);
+        }
+        break;
     case LWS_CALLBACK_CLIENT_ESTABLISHED:
-        if (k > 0) {
+        conn = wsi;
+        if (host) {
+            pthread_mutex_lock(&mu);
+            opened = 1;
+            pthread_cond_signal(&cv);
+            pthread_mutex_unlock(&mu);
+        } else if (k > 0) {
             if (lat)
                 sent_at = now_ns();
             lws_callback_on_writable(wsi);
@@ -58,7 +83,12 @@ static int cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, voi
         if (lat)
             lats[got] = (uint32_t)((now_ns() - sent_at) / 100); /* 0.1 µs units */
         got++;
-        if (got < k) {
+        if (host) {
+            pthread_mutex_lock(&mu);
+            echoed = got;
+            pthread_cond_signal(&cv);
+            pthread_mutex_unlock(&mu);
+        } else if (got < k) {
             if (lat)
                 sent_at = now_ns();
             lws_callback_on_writable(wsi);
@@ -68,6 +98,11 @@ static int cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, voi
     case LWS_CALLBACK_CLIENT_CLOSED:
         if (!done)
             done = 3;
+        if (host) {
+            pthread_mutex_lock(&mu);
+            pthread_cond_signal(&cv);
+            pthread_mutex_unlock(&mu);
+        }
         break;
     default:
         break;
@@ -85,6 +120,14 @@ static int cmp(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+static void *service(void *arg) {
+    (void)arg;
+    while (!done)
+        if (lws_service(ctx, 0) < 0)
+            break;
+    return NULL;
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: lws_echo PORT K [--lat]\n");
@@ -92,7 +135,10 @@ int main(int argc, char **argv) {
     }
     int port = atoi(argv[1]);
     k = atol(argv[2]);
-    lat = argc > 3 && strcmp(argv[3], "--lat") == 0;
+    for (int i = 3; i < argc; i++) {
+        lat |= strcmp(argv[i], "--lat") == 0;
+        host |= strcmp(argv[i], "--host") == 0;
+    }
     if (lat)
         lats = calloc((size_t)k + 1, sizeof *lats);
     lws_set_log_level(LLL_ERR, NULL);
@@ -103,7 +149,7 @@ int main(int argc, char **argv) {
     info.protocols = protocols;
     info.gid = -1;
     info.uid = -1;
-    struct lws_context *ctx = lws_create_context(&info);
+    ctx = lws_create_context(&info);
     if (!ctx)
         return 1;
 
@@ -122,9 +168,35 @@ int main(int argc, char **argv) {
         return 1;
     }
     uint64_t t0 = now_ns();
-    while (!done)
-        if (lws_service(ctx, 0) < 0)
-            break;
+    if (host) {
+        pthread_t th;
+        if (pthread_create(&th, NULL, service, NULL) != 0)
+            return 1;
+        pthread_mutex_lock(&mu);
+        while (!opened && !done)
+            pthread_cond_wait(&cv, &mu);
+        pthread_mutex_unlock(&mu);
+        for (long i = 1; i <= k && !done; i++) {
+            pthread_mutex_lock(&mu);
+            asked = i;
+            if (lat)
+                sent_at = now_ns();
+            pthread_mutex_unlock(&mu);
+            lws_cancel_service(ctx);
+            pthread_mutex_lock(&mu);
+            while (echoed < i && !done)
+                pthread_cond_wait(&cv, &mu);
+            pthread_mutex_unlock(&mu);
+        }
+        if (!done)
+            done = 1;
+        lws_cancel_service(ctx);
+        pthread_join(th, NULL);
+    } else {
+        while (!done)
+            if (lws_service(ctx, 0) < 0)
+                break;
+    }
     double secs = (double)(now_ns() - t0) / 1e9;
     lws_context_destroy(ctx);
     uint32_t p50 = 0, p99 = 0;
