@@ -540,7 +540,9 @@ impl Session<'_> {
         ws: &mut Socket,
         now: Instant,
     ) -> Result<bool, Outcome> {
-        if ws.unwritten() > 0 {
+        // While frames already read wait to be handled, answers to them (a Ping flood's Pongs)
+        // are left to the wire, which writes them once, before its next read.
+        if ws.unwritten() > 0 && ws.buffered() == 0 {
             let before = ws.unwritten();
             let r = ws.poll_flush(cx);
             self.progress(before, ws.unwritten(), now);

@@ -102,8 +102,10 @@ struct Header {
     payload: usize,
 }
 
-/// Parses a frame header from the start of `buf`. `Ok(None)`: incomplete.
-fn parse_header(buf: &[u8], max: usize) -> Result<Option<Header>, WireError> {
+/// Parses a frame header from the start of `buf`. `Ok(None)`: incomplete. `held`: bytes of a
+/// fragmented message already assembled, which a continuation's declared length adds to: a
+/// message over `max` is refused by its header, before its payload is read.
+fn parse_header(buf: &[u8], max: usize, held: usize) -> Result<Option<Header>, WireError> {
     let [b0, b1, ..] = *buf else {
         return Ok(None);
     };
@@ -146,8 +148,9 @@ fn parse_header(buf: &[u8], max: usize) -> Result<Option<Header>, WireError> {
             }
         }
         OP_CONTINUATION | OP_TEXT | OP_BINARY => {
-            if payload > max as u64 {
-                return Err(WireError::TooBig { size: payload, max });
+            let size = payload.saturating_add(held as u64);
+            if size > max as u64 {
+                return Err(WireError::TooBig { size, max });
             }
         }
         _ => return Err(WireError::Protocol("reserved opcode")),
@@ -160,9 +163,9 @@ fn parse_header(buf: &[u8], max: usize) -> Result<Option<Header>, WireError> {
     }))
 }
 
-/// Close codes a peer may send (RFC 6455 §7.4, plus 1012/1013 from the IANA registry).
+/// Close codes a peer may send (RFC 6455 §7.4, plus 1012–1014 from the IANA registry).
 fn close_code_allowed(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1013 | 3000..=4999)
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// XORs `data` with the 4-byte mask `key`, starting at mask offset 0.
@@ -257,14 +260,20 @@ impl State {
                         Some((code, reason))
                     }
                 };
+                if let Some((code, _)) = close {
+                    if !close_code_allowed(code) {
+                        // A protocol error, not a close: the caller closes with 1002 (and the
+                        // wire is still open for that).
+                        return Err(WireError::Protocol(
+                            "close frame with an invalid close code",
+                        ));
+                    }
+                }
                 if self.closing == Closing::Open {
-                    // Answered with its code (one not allowed on the wire, with 1002).
+                    // Answered with its code.
                     self.pong_at = None;
                     match close {
                         None => self.queue(OP_CLOSE, &[]),
-                        Some((code, _)) if !close_code_allowed(code) => {
-                            self.queue(OP_CLOSE, &1002u16.to_be_bytes())
-                        }
                         Some((code, _)) => self.queue(OP_CLOSE, &code.to_be_bytes()),
                     }
                 }
@@ -390,19 +399,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         if self.st.closing == Closing::Received {
             return Poll::Ready(Err(WireError::Closed));
         }
-        if self.st.tx_pos < self.st.tx.len() {
-            // A pending write does not hold up reading.
-            match self.poll_flush(cx) {
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(WireError::Io(e))),
-                Poll::Ready(Ok(())) | Poll::Pending => {}
-            }
-        }
         loop {
             if self.rx_pos < self.rx.len() {
                 // Bytes carried over from an earlier read.
                 let avail = &self.rx[self.rx_pos..];
                 let mut want = self.read_size;
-                if let Some(h) = parse_header(avail, self.st.max_message)? {
+                if let Some(h) = parse_header(avail, self.st.max_message, self.st.msg.len())? {
                     let total = h.len + h.payload;
                     if avail.len() >= total {
                         let start = self.rx_pos;
@@ -420,9 +422,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                     // Room for the rest of this frame, read straight into place.
                     want = total - avail.len();
                 }
+                self.flush_before_read(cx)?;
                 std::task::ready!(self.poll_fill(cx, want))?;
                 continue;
             }
+            // No complete frame left: answers queued for the frames just handled (the latest
+            // Pong of a Ping flood, RFC 6455 §5.5.3) go out in one write before the next read.
+            self.flush_before_read(cx)?;
             if self.read_size > STACK_READ {
                 std::task::ready!(self.poll_fill(cx, self.read_size))?;
                 continue;
@@ -436,7 +442,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             if got.is_empty() {
                 return Poll::Ready(Err(self.eof()));
             }
-            if let Some(h) = parse_header(got, self.st.max_message)? {
+            if let Some(h) = parse_header(got, self.st.max_message, self.st.msg.len())? {
                 let total = h.len + h.payload;
                 if got.len() >= total {
                     if got.len() > total {
@@ -453,6 +459,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             }
             self.rx.extend_from_slice(got);
         }
+    }
+
+    /// Writes what earlier frames left (answers included) before a read system call; a write
+    /// that has to wait does not hold up reading.
+    fn flush_before_read(&mut self, cx: &mut Context<'_>) -> Result<(), WireError> {
+        if self.st.tx_pos < self.st.tx.len() {
+            if let Poll::Ready(Err(e)) = self.poll_flush(cx) {
+                return Err(WireError::Io(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes read but not yet parsed: more frames may be complete without another read.
+    pub fn buffered(&self) -> usize {
+        self.rx.len() - self.rx_pos
     }
 
     /// Reads at least one more byte into `rx` (room for `want` more, up to [`RESERVE_AHEAD`], is
@@ -728,7 +750,7 @@ mod tests {
 
     #[test]
     fn headers_are_checked() {
-        let p = |b: &[u8]| parse_header(b, 1000);
+        let p = |b: &[u8]| parse_header(b, 1000, 0);
         assert!(matches!(p(&[0x81]), Ok(None)));
         assert!(matches!(p(&[0x81, 126, 0]), Ok(None)));
         let h = p(&[0x82, 126, 0x01, 0x00]).unwrap().unwrap();
@@ -772,12 +794,12 @@ mod tests {
 
     #[test]
     fn close_codes_follow_the_registry() {
-        for ok in [1000, 1001, 1002, 1003, 1007, 1011, 1012, 1013, 3000, 4999] {
+        for ok in [
+            1000, 1001, 1002, 1003, 1007, 1011, 1012, 1013, 1014, 3000, 4999,
+        ] {
             assert!(close_code_allowed(ok), "{ok}");
         }
-        for bad in [
-            0, 999, 1004, 1005, 1006, 1014, 1015, 1016, 2999, 5000, 65535,
-        ] {
+        for bad in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
             assert!(!close_code_allowed(bad), "{bad}");
         }
     }
@@ -847,11 +869,13 @@ mod tests {
         s.write_all(&bytes).await.unwrap();
         assert_eq!(recv(&mut w).await.unwrap(), Got::Ping(b"p1".to_vec()));
         assert_eq!(recv(&mut w).await.unwrap(), Got::Text("h\u{e9}".into()));
+        // The answer waits for the next write or read system call.
+        w.flush().await.unwrap();
         assert_eq!(
             read_client_frame(&mut s).await,
             (true, OP_PONG, b"p1".to_vec())
         );
-        // Each ping is answered before the next read.
+        // Pings read together get one Pong, for the latest (RFC 6455 §5.5.3).
         let mut bytes = frame(true, OP_PING, b"a");
         bytes.extend(frame(true, OP_PING, b"b"));
         bytes.extend(frame(true, OP_TEXT, b"after"));
@@ -862,16 +886,85 @@ mod tests {
         send(&mut w, OP_TEXT, b"x").await;
         assert_eq!(
             read_client_frame(&mut s).await,
-            (true, OP_PONG, b"a".to_vec())
-        );
-        assert_eq!(
-            read_client_frame(&mut s).await,
             (true, OP_PONG, b"b".to_vec())
         );
         assert_eq!(
             read_client_frame(&mut s).await,
             (true, OP_TEXT, b"x".to_vec())
         );
+    }
+
+    /// A fragmented message is refused by the header that takes it past `max_message_size`,
+    /// before that frame's payload is read (f0e9d24: the payload was buffered first, so a
+    /// 64 MiB limit let memory grow by 131 MiB).
+    #[tokio::test]
+    async fn a_fragmented_message_is_refused_by_its_header() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut w = Wire::new(c, Vec::new(), 100_000, 4096, 0);
+        let mut bytes = frame(false, OP_BINARY, &[1u8; 60_000]);
+        // The next fragment's header alone: 60,000 more bytes declared, none sent.
+        bytes.extend_from_slice(&[0x00, 126, 0xEA, 0x60]);
+        s.write_all(&bytes).await.unwrap();
+        match recv(&mut w).await {
+            Err(WireError::TooBig { size, max }) => {
+                assert_eq!((size, max), (120_000, 100_000));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(w.st.msg.capacity() < 100_000 + 4096);
+        assert!(w.rx.capacity() < 4096 + MAX_HEADER);
+    }
+
+    /// A Ping flood costs one Pong per read, not one write per Ping (f0e9d24: 20,000 pings,
+    /// 20,004 `sendto`): 20,000 pings in one write get far fewer Pongs, the last one echoing
+    /// the last Ping; a ping that arrives alone is still answered at the next read.
+    #[tokio::test]
+    async fn a_ping_flood_gets_one_pong_per_read() {
+        let (mut w, mut s) = pair(4096, 0).await;
+        let mut flood = Vec::new();
+        for i in 0..20_000u32 {
+            flood.extend(frame(true, OP_PING, &i.to_be_bytes()));
+        }
+        flood.extend(frame(true, OP_TEXT, b"end"));
+        let writer = tokio::spawn(async move {
+            s.write_all(&flood).await.unwrap();
+            s
+        });
+        let mut pings = 0;
+        loop {
+            match recv(&mut w).await.unwrap() {
+                Got::Ping(_) => pings += 1,
+                Got::Text(t) if t == "end" => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(pings, 20_000);
+        w.flush().await.unwrap();
+        let mut s = writer.await.unwrap();
+        // Count the Pongs up to a text marker we send after the flood's answers.
+        send(&mut w, OP_TEXT, b"marker").await;
+        let mut pongs = Vec::new();
+        loop {
+            let (_, op, payload) = read_client_frame(&mut s).await;
+            if op == OP_TEXT {
+                break;
+            }
+            assert_eq!(op, OP_PONG);
+            pongs.push(payload);
+        }
+        eprintln!("20000 pings: {} pongs", pongs.len());
+        assert!(!pongs.is_empty() && pongs.len() < 2_000, "{}", pongs.len());
+        assert_eq!(pongs.last().unwrap(), &19_999u32.to_be_bytes());
+        // One at a time, each is answered at the next read.
+        for i in 0..3u8 {
+            s.write_all(&frame(true, OP_PING, &[i])).await.unwrap();
+            assert_eq!(recv(&mut w).await.unwrap(), Got::Ping(vec![i]));
+            s.write_all(&frame(true, OP_TEXT, b"t")).await.unwrap();
+            assert_eq!(recv(&mut w).await.unwrap(), Got::Text("t".into()));
+            assert_eq!(read_client_frame(&mut s).await, (true, OP_PONG, vec![i]));
+        }
     }
 
     #[tokio::test]
@@ -983,14 +1076,30 @@ mod tests {
             (true, OP_CLOSE, vec![0x03, 0xE8])
         );
         assert!(matches!(recv(&mut w).await, Err(WireError::Closed)));
-        // A code not allowed on the wire is answered with 1002.
+        // A code not allowed on the wire is a protocol error, and the wire stays open for our
+        // Close 1002; 1014 (IANA) is an ordinary close.
+        for bad in [1005u16, 1006, 1004, 999, 1016, 2999, 5000] {
+            let (mut w, mut s) = pair(4096, 0).await;
+            s.write_all(&frame(true, OP_CLOSE, &bad.to_be_bytes()))
+                .await
+                .unwrap();
+            assert!(
+                matches!(recv(&mut w).await, Err(WireError::Protocol(_))),
+                "{bad}"
+            );
+            w.close(1002).await.unwrap();
+            assert_eq!(read_client_frame(&mut s).await.2, 1002u16.to_be_bytes());
+        }
         let (mut w, mut s) = pair(4096, 0).await;
-        s.write_all(&frame(true, OP_CLOSE, &1005u16.to_be_bytes()))
+        s.write_all(&frame(true, OP_CLOSE, &1014u16.to_be_bytes()))
             .await
             .unwrap();
-        recv(&mut w).await.unwrap();
+        assert_eq!(
+            recv(&mut w).await.unwrap(),
+            Got::Close(Some((1014, String::new())))
+        );
         w.flush().await.unwrap();
-        assert_eq!(read_client_frame(&mut s).await.2, 1002u16.to_be_bytes());
+        assert_eq!(read_client_frame(&mut s).await.2, 1014u16.to_be_bytes());
         // We close: data still arrives until the server's Close; writes are refused.
         let (mut w, mut s) = pair(4096, 0).await;
         w.close(1000).await.unwrap();
