@@ -805,22 +805,17 @@ impl Task {
             self.simple_state(State::Connecting, Reason::None, attempt, detail);
             bump(&self.shared.counters.connect_attempts, 1);
             let shared = self.shared.clone();
+            // open() is bounded by the connect timeout itself (ConnectError::Timeout).
             let opened = tokio::select! {
-                r = tokio::time::timeout(
-                    self.cfg.connect_timeout,
-                    Box::pin(connect::open(&self.target, &self.cfg)),
-                ) => r,
+                r = Box::pin(connect::open(&self.target, &self.cfg)) => r,
                 () = Self::wait_close(&shared) => {
                     return self.finish(Outcome::new(Reason::UserClose, "closed by the host"));
                 }
             };
             let outcome = match opened {
-                Err(_) => Outcome::new(
-                    Reason::ConnectTimeout,
-                    format!("no connection within {:?}", self.cfg.connect_timeout),
-                ),
-                Ok(Err(e)) => self.connect_failure(e),
-                Ok(Ok(mut ws)) => {
+                Err(e) => self.connect_failure(e),
+                Ok(opened) => {
+                    let mut ws = opened.socket;
                     let o = self.session(&mut ws).await;
                     // Whatever the connection did not confirm is now beyond knowing.
                     self.settle(self.written, Delivery::Unconfirmed);
@@ -891,6 +886,7 @@ impl Task {
                 ..Outcome::new(Reason::HandshakeRejected, detail)
             },
             ConnectError::Protocol(_) => Outcome::new(Reason::ProtocolError, detail),
+            ConnectError::Timeout(_) => Outcome::new(Reason::ConnectTimeout, detail),
             ConnectError::Resolve(_) | ConnectError::Io(_) => {
                 Outcome::new(Reason::ConnectError, detail)
             }
