@@ -280,7 +280,11 @@ mod tests {
         // The answered lookup's thread leaves the list just after it answers.
         let t0 = std::time::Instant::now();
         while l.len() != 1 {
-            assert!(t0.elapsed() < Duration::from_secs(10), "{} lookups left", l.len());
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{} lookups left",
+                l.len()
+            );
             tokio::task::yield_now().await;
         }
         // A waiter that gives up leaves the thread running; a later one joins it.
