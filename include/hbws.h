@@ -484,8 +484,8 @@ hb_status hb_config_set_backoff(hb_config *config, uint64_t base_ms, uint64_t ca
 // 1: full jitter (default); 0: wait exactly `min(cap, base × 2^n)`.
 hb_status hb_config_set_backoff_jitter(hb_config *config, int32_t enabled);
 
-// Floor under every reconnect delay, 5 ..= cap (checked by `hb_connect`), so attempts are
-// never back to back: less than 5 ms is refused. Default 50.
+// Floor under every reconnect delay, 5 ..= 86400000 ms, so attempts are never back to back:
+// less than 5 ms is refused. Above the backoff cap the floor wins. Default 50.
 hb_status hb_config_set_backoff_min_ms(hb_config *config, uint64_t ms);
 
 // Reconnect attempts in a row without a proven connection before the client gives up (CLOSED,

@@ -54,7 +54,8 @@ pub struct Config {
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
     pub backoff_jitter: bool,
-    /// Floor under every reconnect delay, so no two attempts are ever back to back.
+    /// Floor under every reconnect delay, so no two attempts are ever back to back: at least
+    /// [`limits::MIN_BACKOFF`] (5 ms); above `backoff_cap` it wins.
     pub backoff_min: Duration,
     /// Reconnect attempts in a row without a proven connection before giving up; 0 = never.
     pub max_attempts: u32,
@@ -322,10 +323,12 @@ impl Config {
                 self.backoff_min
             ));
         }
-        if self.backoff_min > self.backoff_cap {
+        // backoff_min above backoff_cap is allowed: the floor wins (backoff(1, 1) waits
+        // backoff_min between attempts, never a tight loop).
+        if self.backoff_min > MAX_DURATION {
             return Err(format!(
-                "backoff_min ({:?}) must not exceed backoff_cap ({:?})",
-                self.backoff_min, self.backoff_cap
+                "backoff_min must be at most 24 h, got {:?}",
+                self.backoff_min
             ));
         }
         if self.retry_after_max > MAX_DURATION {

@@ -303,8 +303,8 @@ pub extern "C" fn hb_config_set_backoff_jitter(config: *mut hb_config, enabled: 
     })
 }
 
-/// Floor under every reconnect delay, 5 ..= cap (checked by `hb_connect`), so attempts are
-/// never back to back: less than 5 ms is refused. Default 50.
+/// Floor under every reconnect delay, 5 ..= 86400000 ms, so attempts are never back to back:
+/// less than 5 ms is refused. Above the backoff cap the floor wins. Default 50.
 #[no_mangle]
 pub extern "C" fn hb_config_set_backoff_min_ms(config: *mut hb_config, ms: u64) -> hb_status {
     with(config, |c| {
