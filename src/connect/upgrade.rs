@@ -147,7 +147,7 @@ pub fn parse_response(buf: &[u8], expect: &Expect<'_>) -> Result<Option<Accepted
         None => None,
         Some(p) if p.is_empty() => None,
         Some(p) => {
-            if !expect.subprotocols.iter().any(|o| *o == p) {
+            if !expect.subprotocols.contains(&p) {
                 return Err(protocol(if expect.subprotocols.is_empty() {
                     format!(
                         "the server chose subprotocol {} but we offered none",
