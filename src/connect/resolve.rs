@@ -67,6 +67,8 @@ struct Key {
 struct Running {
     key: Key,
     answer: watch::Receiver<Option<Answer>>,
+    /// The process that started it.
+    pid: u32,
 }
 
 /// The lookups in flight. A list, not a map: it holds at most `cap` entries.
@@ -106,8 +108,9 @@ impl Lookups {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Lookups in flight (those over are not counted).
     pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().iter().filter(|r| !r.is_over()).count()
     }
 
     pub(crate) async fn resolve(
@@ -140,29 +143,43 @@ impl Lookups {
             port,
             resolver: hook.map_or(0, ResolverHook::id),
         };
-        let mut running = self.lock();
-        if let Some(r) = running.iter().find(|r| r.key == key) {
-            return Ok(r.answer.clone());
-        }
-        if running.len() >= self.cap {
-            return Err(format!(
-                "{host}: not looked up: {} name lookups are already in progress, the most hbws \
-                 runs at once (the system resolver seems to hang; each ends when it answers)",
-                running.len()
-            ));
-        }
         let (tx, rx) = watch::channel(None);
+        {
+            let mut running = self.lock();
+            let pid = std::process::id();
+            // Entries of lookups that are over, or of a parent process (after fork() their
+            // threads do not exist here), are gone.
+            running.retain(|r| r.pid == pid && !r.is_over());
+            if let Some(r) = running.iter().find(|r| r.key == key) {
+                return Ok(r.answer.clone());
+            }
+            if running.len() >= self.cap {
+                return Err(format!(
+                    "{host}: not looked up: {} name lookups are already in progress, the most \
+                     hbws runs at once (the system resolver seems to hang; each ends when it \
+                     answers)",
+                    running.len()
+                ));
+            }
+            running.push(Running {
+                key: key.clone(),
+                answer: rx.clone(),
+                pid,
+            });
+        }
+        // Started outside the lock, so the lock is never held across a system call.
         let hook = hook.cloned();
-        let thread_key = key.clone();
-        std::thread::Builder::new()
+        let leave = Leave {
+            lookups: self,
+            key,
+            answer: rx.clone(),
+        };
+        let spawned = std::thread::Builder::new()
             .name("hbws-resolve".into())
             .spawn(move || {
                 // Leaves the list however the lookup ends (a hook may panic).
-                let _leave = Leave {
-                    lookups: self,
-                    key: thread_key,
-                };
-                let host = &*_leave.key.host;
+                let leave = leave;
+                let host = &*leave.key.host;
                 let answer = match &hook {
                     Some(h) => (h.0)(host, port),
                     None => (host, port).to_socket_addrs().map(Iterator::collect),
@@ -171,25 +188,34 @@ impl Lookups {
                 let _ = tx.send(Some(
                     answer.map(Vec::into).map_err(|e: io::Error| e.to_string()),
                 ));
-            })
-            .map_err(|e| format!("{host}: could not start a lookup thread: {e}"))?;
-        running.push(Running {
-            key,
-            answer: rx.clone(),
-        });
+            });
+        // On failure the closure, and with it `leave`, is dropped: the entry goes.
+        spawned.map_err(|e| format!("{host}: could not start a lookup thread: {e}"))?;
         Ok(rx)
     }
 }
 
+impl Running {
+    /// Answered, or its thread ended without answering.
+    fn is_over(&self) -> bool {
+        self.answer.borrow().is_some() || self.answer.has_changed().is_err()
+    }
+}
+
+/// Removes its lookup's entry when dropped (by the lookup thread, at its end).
 struct Leave {
     lookups: &'static Lookups,
     key: Key,
+    answer: watch::Receiver<Option<Answer>>,
 }
 
 impl Drop for Leave {
     fn drop(&mut self) {
         let mut running = self.lookups.lock();
-        if let Some(i) = running.iter().position(|r| r.key == self.key) {
+        if let Some(i) = running
+            .iter()
+            .position(|r| r.key == self.key && r.answer.same_channel(&self.answer))
+        {
             running.swap_remove(i);
         }
     }
@@ -322,15 +348,16 @@ mod tests {
             e.contains("ok.test") && e.contains("2 name lookups are already in progress"),
             "{e}"
         );
-        // A name already in flight can still be joined.
-        let h = hook.clone();
-        let joined = tokio::spawn(async move { l.resolve("hang1.test", 1, Some(&h)).await });
+        // A name already in flight can still be joined (joined here before it is let go).
+        let mut joined = l.start("hang1.test", 1, Some(&hook)).unwrap();
         go.send(()).unwrap();
         go.send(()).unwrap();
         for w in waits {
             w.await.unwrap().unwrap();
         }
-        joined.await.unwrap().unwrap();
+        let answer = joined.wait_for(Option::is_some).await.unwrap().clone();
+        assert_eq!(&*answer.unwrap().unwrap(), &[addr(1)]);
+        assert_eq!(calls.load(SeqCst), 2, "hang1 and hang2 looked up once each");
         // Once they are done, new names resolve again.
         let t0 = std::time::Instant::now();
         while l.len() != 0 {

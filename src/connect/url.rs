@@ -120,10 +120,11 @@ impl Target {
     }
 }
 
-/// The authority as written: between `//` and the first `/`, `\`, `?` or `#` (the WHATWG
-/// delimiters for special schemes).
+/// The authority as written: after the scheme's `:` and any slashes (WHATWG reads `ws:h`,
+/// `ws:/h` and `ws:\\h` as `ws://h`), up to the first `/`, `\`, `?` or `#`.
 fn authority(url: &str) -> &str {
-    let rest = url.split_once("//").map_or("", |(_, r)| r);
+    let rest = url.split_once(':').map_or("", |(_, r)| r);
+    let rest = rest.trim_start_matches(['/', '\\']);
     rest.find(['/', '\\', '?', '#'])
         .map_or(rest, |i| &rest[..i])
 }
@@ -208,6 +209,7 @@ mod tests {
         // Dot segments are resolved, backslash is a slash for ws:.
         assert_eq!(ok("ws://h/a/../b").resource(), "/b");
         assert_eq!(ok("ws://h\\x").resource(), "/x");
+        assert_eq!(ok("ws:h:81/p").host_header(), "h:81");
         assert!(!ok("ws://example.com/").is_ip_literal());
     }
 
@@ -227,6 +229,8 @@ mod tests {
             ("ws://h:-1", "port must be"),
             ("ws://h:/", "port after ':' is empty"),
             ("ws://[::1]:", "port after ':' is empty"),
+            ("ws:h:", "port after ':' is empty"),
+            ("ws:\\h:?x", "port after ':' is empty"),
             ("ws://u:p@h/", "user info"),
             ("ws://u@h/", "user info"),
             ("ws://h/#frag", "fragment"),

@@ -120,8 +120,10 @@ impl RawServer {
                 let key = header(&text, "Sec-WebSocket-Key").unwrap_or_default();
                 let accept =
                     tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-                let _ = tcp.write_all(answer(&text, &accept).as_bytes());
+                let reply = answer(&text, &accept);
+                // Recorded before the answer goes out, so a test that saw the answer sees it.
                 reqs.lock().unwrap().push(text);
+                let _ = tcp.write_all(reply.as_bytes());
                 open.push(tcp);
             }
         });
