@@ -248,7 +248,8 @@ typedef int32_t hb_delivery;
 // handle used after `hb_close` is an error status, not undefined behaviour.
 typedef struct hb_client hb_client;
 
-// Client options. Create with `hb_config_new`, free with `hb_config_free`.
+// Client options. Create with `hb_config_new`, free with `hb_config_free`. A setter that refuses
+// its argument leaves the config unchanged and keeps why, for `hb_config_last_error`.
 typedef struct hb_config hb_config;
 
 // A state change. Pointers in it are valid only during the callback.

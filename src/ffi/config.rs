@@ -14,7 +14,8 @@ use super::hb_status::{self, *};
 use super::{cstr, guard, put, text, write_message};
 use crate::config::{limits, Config, HeartbeatMode, Liveness, LogLevel};
 
-/// Client options. Create with `hb_config_new`, free with `hb_config_free`.
+/// Client options. Create with `hb_config_new`, free with `hb_config_free`. A setter that refuses
+/// its argument leaves the config unchanged and keeps why, for `hb_config_last_error`.
 pub struct hb_config {
     // Shared with the clients created from it; a setter after hb_connect copies on write.
     pub(crate) inner: Arc<Config>,
