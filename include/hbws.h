@@ -262,7 +262,8 @@ typedef int32_t hb_delivery;
 // in Go); a closed handle's id comes back only after 2^29 - 1 more `hb_connect`s.
 typedef struct hb_client hb_client;
 
-// Client options. Create with `hb_config_new`, free with `hb_config_free`.
+// Client options. Create with `hb_config_new`, free with `hb_config_free`. A setter that refuses
+// its argument leaves the config unchanged and keeps why, for `hb_config_last_error`.
 typedef struct hb_config hb_config;
 
 // A state change. Pointers in it are valid only during the callback.
@@ -529,6 +530,17 @@ hb_status hb_close_start(hb_client *client, uint16_t code, const char *reason, s
 // `HB_ERR_FORKED`.
 hb_status hb_get_stats(const hb_client *client, hb_stats *out);
 
+// The subprotocol the server chose on the client's current (or last) connection, as UTF-8:
+// copies up to `buf_len - 1` bytes and a NUL into `buf` and writes its full length (without the
+// NUL) to `*out_len`; length 0 when none was offered or chosen, or before the first OPEN. The
+// OPEN state's detail names it too.
+//
+// Ownership: writes into the caller's buffer; keeps nothing.
+// Thread safety: any thread, including inside a callback.
+// Errors: `HB_ERR_NULL` (`out_len` NULL, or `buf` NULL with `buf_len > 0`),
+// `HB_ERR_INVALID_HANDLE`, `HB_ERR_FORKED`.
+hb_status hb_get_subprotocol(const hb_client *client, char *buf, size_t buf_len, size_t *out_len);
+
 // Creates a config holding the defaults (see the README's configuration table).
 //
 // Ownership: the caller frees it with `hb_config_free`.
@@ -582,7 +594,8 @@ hb_status hb_config_set_backoff(hb_config *config, uint64_t base_ms, uint64_t ca
 // 0: it waits exactly `min(cap, base × 2^(n-1))`. Never less than the backoff floor.
 hb_status hb_config_set_backoff_jitter(hb_config *config, int32_t enabled);
 
-// Floor under every reconnect delay, 0 ..= cap, so attempts are never back to back. Default 50.
+// Floor under every reconnect delay, 5 ..= 86400000 ms, so attempts are never back to back:
+// less than 5 ms is refused. Above the backoff cap the floor wins. Default 50.
 hb_status hb_config_set_backoff_min_ms(hb_config *config, uint64_t ms);
 
 // Reconnect attempts in a row without a proven connection before the client gives up (CLOSED,
@@ -628,10 +641,54 @@ hb_status hb_config_set_offline_queue(hb_config *config, size_t messages, size_t
 // An `hb_log_level`: the most verbose level passed to `on_log`. Default `HB_LOG_INFO`.
 hb_status hb_config_set_log_level(hb_config *config, int32_t level);
 
-// Adds an HTTP header to the upgrade request (e.g. `Authorization`). `name` is a token,
-// `value` visible ASCII or spaces, both NUL-terminated; the headers the handshake itself sets
-// (Host, Upgrade, Connection, Sec-WebSocket-Key, Sec-WebSocket-Version) are refused.
+// Adds an HTTP header to the upgrade request (e.g. `Authorization`). `name` is an RFC 7230
+// token and `value` has no control character (CR, LF, NUL, ...; tab is allowed), both
+// NUL-terminated UTF-8. Refused, compared without case: the headers the handshake sets itself
+// (Host, Upgrade, Connection, Sec-WebSocket-Key, -Version, -Extensions, -Accept), Content-Length,
+// Transfer-Encoding, and Sec-WebSocket-Protocol (use `hb_config_add_subprotocol`). At most 64
+// extra headers, 8192 bytes in all (`name: value` plus 4 each). Headers are sent in the order
+// added.
+//
+// Ownership: copies both strings; the caller keeps them.
+// Thread safety: a config is used by one thread at a time.
+// Errors: `HB_ERR_NULL`, `HB_ERR_INVALID_UTF8`, `HB_ERR_INVALID_ARGUMENT` (reserved or malformed
+// name, bad value, over a cap; `hb_config_last_error` says which; the value is never quoted).
 hb_status hb_config_add_header(hb_config *config, const char *name, const char *value);
+
+// Offers a subprotocol in `Sec-WebSocket-Protocol`, after those already added (the order is
+// the order of preference). `name` is `len` bytes (no NUL needed): an RFC 7230 token of
+// 1 ..= 256 bytes, not already offered; at most 32. The server must choose one of those offered
+// or none (then OPEN reports none); any other choice fails the attempt with
+// `HB_REASON_PROTOCOL_ERROR`. Default: none offered.
+//
+// Ownership: copies the name; the caller keeps it.
+// Thread safety: a config is used by one thread at a time.
+// Errors: `HB_ERR_NULL` (`name` NULL with `len > 0`), `HB_ERR_INVALID_UTF8`,
+// `HB_ERR_INVALID_ARGUMENT` (not a token, empty, too long, a duplicate, more than 32;
+// `hb_config_last_error` says which).
+hb_status hb_config_add_subprotocol(hb_config *config, const char *name, size_t len);
+
+// Ceiling on the wait a server's `Retry-After` can impose (delta-seconds or HTTP-date, on a
+// refused handshake), 0 ..= 86400000 ms (24 h); 0 ignores Retry-After. The next attempt waits
+// the longer of the backoff delay and the server's wait cut to this ceiling; `backoff_cap` does
+// not cut it. Default 3600000 (1 h).
+//
+// Ownership: none.
+// Thread safety: a config is used by one thread at a time.
+// Errors: `HB_ERR_NULL`, `HB_ERR_INVALID_ARGUMENT` (over 24 h).
+hb_status hb_config_set_retry_after_max_ms(hb_config *config, uint64_t ms);
+
+// Why the last setter call on `config` was refused, as UTF-8 text: copies up to `buf_len - 1`
+// bytes of it and a NUL into `buf` (cut on a character boundary), and writes its full length in
+// bytes (without the NUL) to `*out_len`, so a caller can size a buffer by passing
+// `(NULL, 0)` first. Empty (length 0) when the last setter call succeeded or none was made. The
+// message of `hb_connect`'s `HB_ERR_INVALID_CONFIG` goes to its own `err_buf`, not here.
+//
+// Ownership: writes into the caller's buffer; keeps nothing.
+// Thread safety: a config is used by one thread at a time; the message is per config, not per
+// thread, so it works from Go and from any thread that holds the config.
+// Errors: `HB_ERR_NULL` (`config` or `out_len` NULL, or `buf` NULL with `buf_len > 0`).
+hb_status hb_config_last_error(const hb_config *config, char *buf, size_t buf_len, size_t *out_len);
 
 // The library version as a static NUL-terminated string, e.g. "0.1.0"; agrees with the
 // `HB_VERSION` macro of the header it was built with.

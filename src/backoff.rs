@@ -21,6 +21,8 @@ pub struct Reconnect {
     cap: Duration,
     min: Duration,
     jitter: bool,
+    /// Ceiling on a server's `Retry-After`; its own, not `cap`.
+    retry_after_max: Duration,
     max_attempts: u32,
     /// Failures since the last proven connection.
     failures: u32,
@@ -31,8 +33,10 @@ impl Reconnect {
         Reconnect {
             base: cfg.backoff_base,
             cap: cfg.backoff_cap,
-            min: cfg.backoff_min,
             jitter: cfg.backoff_jitter,
+            // The floor holds even for a config built in Rust that skipped validate().
+            min: cfg.backoff_min.max(crate::config::limits::MIN_BACKOFF),
+            retry_after_max: cfg.retry_after_max,
             max_attempts: cfg.max_attempts,
             failures: 0,
         }
@@ -61,7 +65,7 @@ impl Reconnect {
 
     /// A connection failed or was lost before proving itself (or after: the count was reset by
     /// [`on_proof`](Self::on_proof) first). `server_hint` is a server's `Retry-After`, honoured
-    /// up to the cap.
+    /// in full up to `retry_after_max` (not `backoff_cap`): the delay is the longer of the two.
     pub fn on_failure(&mut self, unit: f64, server_hint: Option<Duration>) -> Decision {
         self.failures = self.failures.saturating_add(1);
         if self.max_attempts != 0 && self.failures > self.max_attempts {
@@ -71,7 +75,7 @@ impl Reconnect {
         }
         let mut delay = self.delay(self.failures - 1, unit);
         if let Some(hint) = server_hint {
-            delay = delay.max(hint.min(self.cap));
+            delay = delay.max(hint.min(self.retry_after_max));
         }
         Decision::Retry {
             attempt: self.failures,
@@ -185,7 +189,7 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_is_honoured_up_to_the_cap() {
+    fn retry_after_is_honoured_in_full_up_to_its_own_ceiling() {
         let mut r = policy(0);
         let hint = Some(Duration::from_secs(5));
         assert_eq!(
@@ -195,14 +199,70 @@ mod tests {
                 delay: Duration::from_secs(5)
             }
         );
+        // 120 s is honoured although the backoff cap is 30 s.
         let mut r = policy(0);
-        let hint = Some(Duration::from_secs(3600));
         assert_eq!(
-            r.on_failure(0.0, hint),
+            r.on_failure(0.0, Some(Duration::from_secs(120))),
             Decision::Retry {
                 attempt: 1,
-                delay: Duration::from_secs(30)
+                delay: Duration::from_secs(120)
             }
         );
+        // Up to retry_after_max (default 1 h), no further.
+        let mut r = policy(0);
+        assert_eq!(
+            r.on_failure(0.0, Some(Duration::from_secs(86_400))),
+            Decision::Retry {
+                attempt: 1,
+                delay: Duration::from_secs(3600)
+            }
+        );
+        let mut r = Reconnect::new(&Config {
+            retry_after_max: Duration::from_secs(90),
+            ..Config::default()
+        });
+        assert_eq!(
+            r.on_failure(0.0, Some(Duration::from_secs(u64::MAX))),
+            Decision::Retry {
+                attempt: 1,
+                delay: Duration::from_secs(90)
+            }
+        );
+        // A short hint never shortens the backoff; zero ceiling ignores hints.
+        let mut r = Reconnect::new(&Config {
+            retry_after_max: Duration::ZERO,
+            backoff_jitter: false,
+            ..Config::default()
+        });
+        assert_eq!(
+            r.on_failure(0.0, Some(Duration::from_secs(600))),
+            Decision::Retry {
+                attempt: 1,
+                delay: Duration::from_secs(1)
+            }
+        );
+    }
+
+    #[test]
+    fn backoff_1_1_is_no_tight_loop() {
+        // The smallest backoff there is: base = cap = 1 ms, and a floor of 0 asked for.
+        let mut r = Reconnect::new(&Config {
+            backoff_base: Duration::from_millis(1),
+            backoff_cap: Duration::from_millis(1),
+            backoff_min: Duration::ZERO,
+            ..Config::default()
+        });
+        let mut total = Duration::ZERO;
+        for i in 0..1000 {
+            match r.on_failure(i as f64 / 1000.0, None) {
+                Decision::Retry { delay, .. } => {
+                    assert!(delay >= Duration::from_millis(5), "{delay:?}");
+                    total += delay;
+                }
+                d => panic!("{d:?}"),
+            }
+        }
+        // 1,252 attempts in 2 s was the tight loop; now at most 400.
+        assert!(total >= Duration::from_secs(5), "{total:?}");
     }
 }

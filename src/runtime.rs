@@ -241,7 +241,8 @@ fn start(threads: usize, generation: u64) -> Result<Instance, String> {
         b
     };
     let rt = builder
-        // Name resolution runs on the blocking pool; keep it small and short-lived.
+        // Nothing of ours runs on the blocking pool (name lookups have threads of their own,
+        // connect/resolve.rs); keep it small and short-lived.
         .max_blocking_threads(4)
         .thread_keep_alive(Duration::from_secs(5))
         .thread_name("hbws")

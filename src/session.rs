@@ -33,10 +33,10 @@ const READ_BATCH: usize = 32;
 const QUEUE_KEEP: usize = 16;
 
 /// Runs one open connection until it ends.
-pub(crate) async fn run(task: &mut Task, ws: &mut Socket) -> Outcome {
+/// `detail`: what OPEN says (where, and the subprotocol).
+pub(crate) async fn run(task: &mut Task, ws: &mut Socket, detail: String) -> Outcome {
     let now = Instant::now();
     bump(&task.shared.counters.connects, 1);
-    let detail = format!("connected to {}:{}", task.target.host(), task.target.port);
     let attempt = task.reconnect.failures();
     task.simple_state(State::Open, Reason::None, attempt, detail);
     let mut s = Session {

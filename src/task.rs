@@ -242,25 +242,35 @@ impl Task {
             bump(&self.shared.counters.connect_attempts, 1);
             let shared = self.shared.clone();
             let started = Instant::now();
+            // `open` bounds itself by the connect timeout, naming the step that ran out.
             let opened = tokio::select! {
-                r = tokio::time::timeout(
-                    self.cfg.connect_timeout,
-                    Box::pin(connect::open(&self.target, &self.cfg)),
-                ) => r,
+                r = Box::pin(connect::open(&self.target, &self.cfg)) => r,
                 () = Self::wait_close(&shared) => return self.closed_by_host(),
             };
             let outcome = match opened {
-                Err(_) => Outcome::new(
-                    Reason::ConnectTimeout,
-                    format!("no connection within {:?}", self.cfg.connect_timeout),
-                ),
-                Ok(Err(e)) => self.connect_failure(e),
-                Ok(Ok(mut ws)) => {
+                Err(e) => self.connect_failure(e),
+                Ok(opened) => {
+                    let mut ws = opened.socket;
                     self.log(
                         LogLevel::Debug,
-                        format_args!("handshake done in {} ms", started.elapsed().as_millis()),
+                        format_args!(
+                            "handshake with {} done in {} ms: {}",
+                            opened.peer,
+                            started.elapsed().as_millis(),
+                            opened.status_line
+                        ),
                     );
-                    let o = session::run(&mut self, &mut ws).await;
+                    self.shared.lock().subprotocol = opened.subprotocol.as_deref().map(Into::into);
+                    let mut detail = format!(
+                        "connected to {}:{} ({})",
+                        self.target.host(),
+                        self.target.port,
+                        opened.peer
+                    );
+                    if let Some(p) = &opened.subprotocol {
+                        detail += &format!(", subprotocol {p}");
+                    }
+                    let o = session::run(&mut self, &mut ws, detail).await;
                     // Whatever the connection did not confirm is now beyond knowing.
                     self.settle(self.written, Delivery::Unconfirmed);
                     o
@@ -328,6 +338,7 @@ impl Task {
                 ..Outcome::new(Reason::HandshakeRejected, detail)
             },
             ConnectError::Protocol(_) => Outcome::new(Reason::ProtocolError, detail),
+            ConnectError::Timeout(_) => Outcome::new(Reason::ConnectTimeout, detail),
             ConnectError::Resolve(_) | ConnectError::Io(_) => {
                 Outcome::new(Reason::ConnectError, detail)
             }

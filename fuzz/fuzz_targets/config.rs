@@ -2,8 +2,9 @@
 //!
 //! Strings come as arbitrary bytes (C strings cut at the first NUL; `(ptr, len)` texts with a
 //! length inside the buffer, or NULL with any length); numbers are arbitrary. Invariants: no call
-//! ever returns `HB_ERR_PANIC`, each returns only the statuses its documentation lists, and a NULL
-//! config is `HB_ERR_NULL`. At the end the config may be handed to `hb_connect` (URL 127.0.0.1
+//! ever returns `HB_ERR_PANIC`, each returns only the statuses its documentation lists, a NULL
+//! config is `HB_ERR_NULL`, and `hb_config_last_error` explains every refusal (non-empty after
+//! one, empty after a success, never written past its buffer). At the end the config may be handed to `hb_connect` (URL 127.0.0.1
 //! port 1, NULL callbacks: the client waits without connecting, so no traffic; it is closed at
 //! once), which must answer OK or `HB_ERR_INVALID_CONFIG` with a message; then `hb_config_free`.
 #![no_main]
@@ -78,7 +79,7 @@ fn run(u: &mut Unstructured, cfg: *mut hb_config, steps: &mut usize) -> Result<(
             cfg
         };
         NULL_TARGET.with(|n| n.set(target.is_null()));
-        let op: u8 = u.int_in_range(0..=24)?;
+        let op: u8 = u.int_in_range(0..=26)?;
         let st = match op {
             0 => {
                 let name = maybe_long(u)?;
@@ -237,6 +238,25 @@ fn run(u: &mut Unstructured, cfg: *mut hb_config, steps: &mut usize) -> Result<(
                 check("log_level", st, NUMERIC);
                 st
             }
+            24 => {
+                let len = u.int_in_range(0..=300)?;
+                let buf = u.bytes(len.min(u.len()))?.to_vec();
+                let (ptr, len) = if u.ratio(1, 16)? {
+                    (std::ptr::null::<c_char>(), u.arbitrary::<usize>()?)
+                } else {
+                    let l = u.int_in_range(0..=buf.len())?;
+                    (buf.as_ptr().cast::<c_char>(), l)
+                };
+                keep.push(buf);
+                let st = hb_config_add_subprotocol(target, ptr, len);
+                check("add_subprotocol", st, TEXT);
+                st
+            }
+            25 => {
+                let st = hb_config_set_retry_after_max_ms(target, duration_value(u)?);
+                check("retry_after_max", st, NUMERIC);
+                st
+            }
             _ => {
                 // Anything else: a known-good heartbeat text, so texts can differ again.
                 let t = b"hb-ping";
@@ -247,10 +267,37 @@ fn run(u: &mut Unstructured, cfg: *mut hb_config, steps: &mut usize) -> Result<(
         };
         if target.is_null() {
             assert_eq!(st, HB_ERR_NULL, "NULL config accepted by op {op}");
+        } else {
+            check_last_error(cfg, st, op, u.int_in_range(0..=80)?);
         }
     }
     drop(keep);
     Ok(())
+}
+
+/// A refusal is explained, a success leaves no message; the buffer convention holds for a
+/// buffer of `buf_len` bytes.
+fn check_last_error(cfg: *mut hb_config, st: hb_status, op: u8, buf_len: usize) {
+    let mut len = usize::MAX;
+    assert_eq!(hb_config_last_error(cfg, std::ptr::null_mut(), 0, &mut len), HB_OK);
+    if st == HB_OK {
+        assert_eq!(len, 0, "op {op}: message left after a success");
+    } else {
+        assert!(len > 0, "op {op}: refused ({st:?}) without a message");
+    }
+    let mut buf = [0x55 as c_char; 96];
+    let mut n = usize::MAX;
+    assert_eq!(hb_config_last_error(cfg, buf.as_mut_ptr(), buf_len, &mut n), HB_OK);
+    assert_eq!(n, len);
+    assert!(buf[buf_len..].iter().all(|&b| b == 0x55), "op {op}: written past buf_len");
+    if buf_len > 0 {
+        let msg = CStr::from_bytes_until_nul(unsafe {
+            std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), buf_len)
+        })
+        .expect("not NUL-terminated within buf_len");
+        assert!(msg.to_str().is_ok(), "op {op}: message not UTF-8");
+        assert!(msg.to_bytes().len() <= len.min(buf_len - 1));
+    }
 }
 
 /// Validates the whole config through hb_connect (no traffic: NULL callbacks).

@@ -1,5 +1,6 @@
-//! URL parsing: `Target::parse` on arbitrary UTF-8, and the C entry `hb_connect` on an arbitrary
-//! NUL-terminated byte string with NULL config and callbacks.
+//! URL parsing: `Target::parse` (the `url` crate's WHATWG parser plus RFC 6455's rules) on
+//! arbitrary UTF-8, and the C entry `hb_connect` on an arbitrary NUL-terminated byte string with
+//! NULL config and callbacks.
 //!
 //! No network traffic: `hb_connect` is called for every input that does not parse (the error
 //! path: status, `err_buf` contents, nothing created), and for parsed URLs only when they point
@@ -28,6 +29,19 @@ fn check_target(url: &str, t: &Target) {
         );
     }
     assert!(!t.host().contains(['/', '?', '#', '@', '[', ']']), "{t:?}");
+    // The WHATWG form: ASCII only (IDNA and percent-encoding done), host in lower case.
+    for s in [t.host(), t.resource(), t.host_header()] {
+        assert!(s.is_ascii(), "{url:?}: not ASCII after parsing: {s:?}");
+    }
+    assert!(
+        !t.host().bytes().any(|b| b.is_ascii_uppercase()),
+        "{url:?}: host not lower-cased: {t:?}"
+    );
+    assert_eq!(
+        t.is_ip_literal(),
+        t.host().parse::<std::net::IpAddr>().is_ok(),
+        "{t:?}"
+    );
     let host_part = if t.host().contains(':') {
         assert!(
             t.host().parse::<std::net::Ipv6Addr>().is_ok(),

@@ -752,3 +752,30 @@ pub extern "C" fn hb_get_stats(client: *const hb_client, out: *mut hb_stats) -> 
         Ok(())
     })
 }
+
+/// The subprotocol the server chose on the client's current (or last) connection, as UTF-8:
+/// copies up to `buf_len - 1` bytes and a NUL into `buf` and writes its full length (without the
+/// NUL) to `*out_len`; length 0 when none was offered or chosen, or before the first OPEN. The
+/// OPEN state's detail names it too.
+///
+/// Ownership: writes into the caller's buffer; keeps nothing.
+/// Thread safety: any thread, including inside a callback.
+/// Errors: `HB_ERR_NULL` (`out_len` NULL, or `buf` NULL with `buf_len > 0`),
+/// `HB_ERR_INVALID_HANDLE`, `HB_ERR_FORKED`.
+#[no_mangle]
+pub extern "C" fn hb_get_subprotocol(
+    client: *const hb_client,
+    buf: *mut c_char,
+    buf_len: usize,
+    out_len: *mut usize,
+) -> hb_status {
+    guard(|| {
+        if out_len.is_null() || (buf.is_null() && buf_len > 0) {
+            return Err(HB_ERR_NULL);
+        }
+        let c = handle::get(client as usize)?;
+        let p = c.subprotocol().unwrap_or_default();
+        write_message(buf, buf_len, &p);
+        put(out_len, p.len())
+    })
+}
