@@ -77,7 +77,7 @@ say "rust: $(rustc -V); $(cargo fuzz --version)"
 # --- Python 3 ------------------------------------------------------------------------------------
 command -v python3 >/dev/null 2>&1 || die "python3 is not on PATH"
 python3 -m pip --version >/dev/null 2>&1 || die "python3 has no pip"
-if ! python3 -m pip install --disable-pip-version-check -q -r .ci/requirements-py3.txt; then
+if ! python3 -m pip install --disable-pip-version-check --root-user-action=ignore -q -r .ci/requirements-py3.txt; then
   die "pip install -r .ci/requirements-py3.txt"
 fi
 say "python3: $(python3 -V) at $(python3 -c 'import sys; print(sys.executable)'); websockets $(python3 -c 'import websockets; print(websockets.__version__)')"
