@@ -27,7 +27,9 @@ cargo fuzz build --sanitizer address || { echo "FAILED: cargo fuzz build"; exit 
 triple="$(rustc -vV | sed -n 's/^host: //p')"
 for t in "${targets[@]}"; do
     bin="target/$triple/release/$t"
-    if ! nm "$bin" 2>/dev/null | grep -q __asan_report_load; then
+    # grep -c reads all of nm's output (grep -q would end nm by SIGPIPE, a failure under pipefail).
+    asan="$(nm "$bin" 2>/dev/null | grep -c __asan_report_load)"
+    if [ "${asan:-0}" -eq 0 ]; then
         echo "FAILED: $bin is not instrumented with AddressSanitizer"
         exit 1
     fi
