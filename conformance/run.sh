@@ -4,9 +4,11 @@
 #   bash conformance/run.sh
 #
 # 1. Finds Python 2.7 (HBWS_PYTHON2, else pyenv's 2.7.x, else python2.7/python2 on PATH). Without
-#    it: prints "SKIPPED: python 2.7 not found" and exits 0.
+#    it the run fails (exit 1): `bash .ci/install-tools.sh` installs Debian 11's python2.7.
 # 2. Installs the pinned suite (requirements-py27.txt) once into a cache outside the repo:
-#    ${HBWS_AUTOBAHN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hbws-autobahn}/py27-<hash>.
+#    ${HBWS_AUTOBAHN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hbws-autobahn}/py27-<hash>. A Python
+#    2.7 without pip (Debian's) first gets the pinned pip/setuptools/wheel of
+#    requirements-py27-bootstrap.txt, fetched as wheels by python3's pip, in boot27-<hash>.
 # 3. Builds examples/echo.rs (release), starts the fuzzing server on 127.0.0.1:$PORT with every
 #    case (12.*/13.*, permessage-deflate, come out UNIMPLEMENTED: hbws does not do compression),
 #    runs the echo client through all cases, and updates the reports. The server is always
@@ -39,7 +41,8 @@ say() { echo "== conformance: $*"; }
 # --- 1. Python 2.7 ------------------------------------------------------------------------------
 is_py27() { [ -n "$1" ] && [ -x "$1" ] && "$1" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (2, 7) else 1)' 2>/dev/null; }
 PY=""
-if [ -n "${HBWS_PYTHON2:-}" ] && is_py27 "$HBWS_PYTHON2"; then
+if [ -n "${HBWS_PYTHON2:-}" ]; then
+  is_py27 "$HBWS_PYTHON2" || { echo "FAILED: HBWS_PYTHON2=$HBWS_PYTHON2 is not a Python 2.7"; exit 1; }
   PY="$HBWS_PYTHON2"
 fi
 if [ -z "$PY" ]; then
@@ -60,26 +63,48 @@ if [ -z "$PY" ]; then
   done
 fi
 if [ -z "$PY" ]; then
-  echo "######################################################################"
-  echo "### SKIPPED: python 2.7 not found (Autobahn|Testsuite needs it)     ###"
-  echo "### set HBWS_PYTHON2=/path/to/python2.7 or install one with pyenv    ###"
-  echo "######################################################################"
-  exit 0
+  echo "FAILED: no Python 2.7 (Autobahn|Testsuite needs it): run 'bash .ci/install-tools.sh' (as root)"
+  echo "        or set HBWS_PYTHON2=/path/to/python2.7"
+  exit 1
 fi
 say "python: $PY ($("$PY" -V 2>&1))"
 
 # --- 2. The suite, installed once ----------------------------------------------------------------
 REQ="$HERE/requirements-py27.txt"
 CACHE="${HBWS_AUTOBAHN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hbws-autobahn}"
-REQ_HASH="$(sha256sum "$REQ" | cut -c1-12)"
+REQ_HASH="$(cat "$REQ" "$HERE/requirements-py27-bootstrap.txt" | sha256sum | cut -c1-12)"
 SITE="$CACHE/py27-$REQ_HASH"
 LAUNCH=("$PY" "$HERE/wstest_launcher.py" "$SITE")
+# pip for the Python 2.7: its own if it has one, else the pinned bootstrap wheels.
+PIP=("$PY" -m pip)
+PIP_ENV=()
+if ! "$PY" -m pip --version >/dev/null 2>&1; then
+  BOOT="$CACHE/boot27-$(sha256sum "$HERE/requirements-py27-bootstrap.txt" | cut -c1-12)"
+  if [ ! -f "$BOOT/.installed" ]; then
+    say "bootstrapping pip for $PY into $BOOT"
+    command -v python3 >/dev/null 2>&1 || { echo "FAILED: python3 (to fetch pip for 2.7) not found"; exit 1; }
+    rm -rf "$BOOT" "$BOOT.tmp"
+    mkdir -p "$BOOT.tmp/wheels"
+    python3 -m pip download --disable-pip-version-check -q --no-deps --only-binary=:all: \
+      --python-version 2.7 --implementation cp -d "$BOOT.tmp/wheels" \
+      -r "$HERE/requirements-py27-bootstrap.txt"
+    whl="$(ls "$BOOT.tmp"/wheels/pip-*.whl)"
+    "$PY" "$whl/pip" install --disable-pip-version-check --no-warn-script-location -q --no-index \
+      --find-links "$BOOT.tmp/wheels" --target "$BOOT.tmp/lib" -r "$HERE/requirements-py27-bootstrap.txt"
+    mv "$BOOT.tmp" "$BOOT"
+    touch "$BOOT/.installed"
+  fi
+  PIP_ENV=(env "PYTHONPATH=$BOOT/lib")
+fi
 if [ ! -f "$SITE/.installed" ] || ! "${LAUNCH[@]}" -a >/dev/null 2>&1; then
   say "installing Autobahn|Testsuite into $SITE"
   mkdir -p "$CACHE"
   rm -rf "$SITE" "$SITE.tmp"
-  "$PY" -m pip install --disable-pip-version-check --no-warn-script-location -q \
-    --target "$SITE.tmp" -r "$REQ"
+  if ! "${PIP_ENV[@]}" "${PIP[@]}" install --disable-pip-version-check --no-warn-script-location -q \
+    --target "$SITE.tmp" -r "$REQ" 2>&1 | { grep -v '^DEPRECATION: Python 2.7' || true; }; then
+    echo "FAILED: pip install -r $REQ"
+    exit 1
+  fi
   mv "$SITE.tmp" "$SITE"
   touch "$SITE/.installed"
 fi
