@@ -15,7 +15,7 @@ secs="${1:-10}"
 shift || true
 targets=("$@")
 if [ "${#targets[@]}" -eq 0 ]; then
-    targets=(url response retry_after config wire)
+    targets=(url response retry_after config wire wire_backpressure)
 fi
 export RUSTC_BOOTSTRAP=1
 if ! cargo fuzz --version >/dev/null 2>&1; then
