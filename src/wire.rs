@@ -32,6 +32,8 @@ const STACK_WRITE: usize = 1024;
 /// The most reserved ahead for a frame not yet read: a larger one grows as its bytes arrive, so
 /// a header that merely claims a large frame costs no memory.
 const RESERVE_AHEAD: usize = 256 * 1024;
+/// Unsent Pongs kept in a row before a newer one replaces the last (see `State::pong_at`).
+const PONGS_KEPT: u8 = 16;
 /// Largest frame header: 2 bytes, 8 of extended length, 4 of mask.
 const MAX_HEADER: usize = 14;
 
@@ -211,8 +213,12 @@ struct State {
     /// Bytes to write: `tx[tx_pos..]`. Empty (unallocated) at rest.
     tx: Vec<u8>,
     tx_pos: usize,
-    /// Where an unsent Pong starts in `tx`: a newer Ping's answer replaces it (RFC 6455 §5.5.3).
+    /// Where the last of the unsent Pongs at the end of `tx` starts, and how many there are in a
+    /// row: past [`PONGS_KEPT`], a newer Ping's answer replaces the last (RFC 6455 §5.5.3 lets a
+    /// peer answer only the latest), so a Ping flood costs bounded memory and one write per
+    /// read, while a few Pings each get their own Pong.
     pong_at: Option<usize>,
+    pongs: u8,
     closing: Closing,
     max_message: usize,
     /// Frames are gathered in `tx` until it holds this many bytes (0: each is written at once).
@@ -239,8 +245,10 @@ impl State {
         match h.op {
             OP_PING => {
                 if self.closing == Closing::Open {
-                    if let Some(at) = self.pong_at {
-                        self.tx.truncate(at);
+                    match self.pong_at {
+                        Some(at) if self.pongs >= PONGS_KEPT => self.tx.truncate(at),
+                        Some(_) => self.pongs += 1,
+                        None => self.pongs = 1,
                     }
                     self.pong_at = Some(self.tx.len());
                     self.queue(OP_PONG, payload);
@@ -381,6 +389,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                 tx: Vec::new(),
                 tx_pos: 0,
                 pong_at: None,
+                pongs: 0,
                 closing: Closing::Open,
                 max_message,
                 write_batch,
@@ -875,7 +884,7 @@ mod tests {
             read_client_frame(&mut s).await,
             (true, OP_PONG, b"p1".to_vec())
         );
-        // Pings read together get one Pong, for the latest (RFC 6455 §5.5.3).
+        // A few Pings read together each get their Pong, in one write.
         let mut bytes = frame(true, OP_PING, b"a");
         bytes.extend(frame(true, OP_PING, b"b"));
         bytes.extend(frame(true, OP_TEXT, b"after"));
@@ -884,6 +893,10 @@ mod tests {
         assert_eq!(recv(&mut w).await.unwrap(), Got::Ping(b"b".to_vec()));
         assert_eq!(recv(&mut w).await.unwrap(), Got::Text("after".into()));
         send(&mut w, OP_TEXT, b"x").await;
+        assert_eq!(
+            read_client_frame(&mut s).await,
+            (true, OP_PONG, b"a".to_vec())
+        );
         assert_eq!(
             read_client_frame(&mut s).await,
             (true, OP_PONG, b"b".to_vec())
@@ -917,9 +930,9 @@ mod tests {
         assert!(w.rx.capacity() < 4096 + MAX_HEADER);
     }
 
-    /// A Ping flood costs one Pong per read, not one write per Ping (f0e9d24: 20,000 pings,
-    /// 20,004 `sendto`): 20,000 pings in one write get far fewer Pongs, the last one echoing
-    /// the last Ping; a ping that arrives alone is still answered at the next read.
+    /// A Ping flood costs one write per read, not one per Ping (f0e9d24: 20,000 pings, 20,004
+    /// `sendto`), and at most 16 Pongs per read, the last one echoing the last Ping; a ping that
+    /// arrives alone is still answered at the next read.
     #[tokio::test]
     async fn a_ping_flood_gets_one_pong_per_read() {
         let (mut w, mut s) = pair(4096, 0).await;

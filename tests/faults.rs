@@ -2344,3 +2344,42 @@ fn fault_fragment_flood_verdict_on_time() {
     c.close(false);
     drop(rt);
 }
+
+/// A server Close followed at once by more frames in the same read (Autobahn 7.1.2–7.1.5): the
+/// client's answering Close goes out at once, not after the close timeout; frames after the
+/// server's Close are not delivered. (Found by Autobahn during this round: the answer waited
+/// while the unread frames were buffered.)
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn fault_close_then_more_frames_is_answered_at_once() {
+    use tokio::io::AsyncReadExt;
+    let (answered_tx, mut answered_rx) = tokio::sync::mpsc::unbounded_channel();
+    let addr = hostile_server(move |mut ws| {
+        let tx = answered_tx.clone();
+        async move {
+            // Close 1000, then a text frame and a second Close, in one write.
+            let bytes = [
+                &[0x88u8, 0x02, 0x03, 0xE8][..],
+                &[0x81, 0x04, b'l', b'a', b't', b'e'],
+                &[0x88, 0x00],
+            ]
+            .concat();
+            ws.get_mut().write_all(&bytes).await.unwrap();
+            let t0 = Instant::now();
+            let mut head = [0u8; 2];
+            if ws.get_mut().read_exact(&mut head).await.is_ok() {
+                let _ = tx.send((head[0], t0.elapsed()));
+            }
+        }
+    })
+    .await;
+    let rec = Rec::new();
+    let (_c, _) = open_on_test_runtime(&format!("ws://{addr}/"), fast(1000, 500, 3), &rec).await;
+    let (op, after) = answered_rx.recv().await.unwrap();
+    assert_eq!(op, 0x88, "the client's first frame is its Close");
+    assert_eq!(after, Duration::ZERO, "answered at once");
+    let log = rec
+        .wait_async("reconnecting", |l| count_state(l, State::Reconnecting) >= 1)
+        .await;
+    assert!(has(&log, State::Reconnecting, Reason::ServerClose));
+    assert!(!log.iter().any(|e| matches!(e, Ev::Message(_))));
+}
