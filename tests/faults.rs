@@ -2383,3 +2383,55 @@ async fn fault_close_then_more_frames_is_answered_at_once() {
     assert!(has(&log, State::Reconnecting, Reason::ServerClose));
     assert!(!log.iter().any(|e| matches!(e, Ev::Message(_))));
 }
+
+/// Close codes: a server's 1014 (Bad Gateway, IANA registry) is a close like any other, and
+/// retried; an invalid code from the server (1005 on the wire) is a PROTOCOL_ERROR answered
+/// with our 1002, not SERVER_CLOSE with that number. (f0e9d24: 1014 was answered with 1002 and
+/// the client reported SERVER_CLOSE 1014; 1005 was reported as SERVER_CLOSE 1005.)
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn fault_server_close_codes_1014_and_invalid() {
+    use tokio::io::AsyncReadExt;
+    for (code, want_reason, want_answer) in [
+        (1014u16, Reason::ServerClose, 1014u16),
+        (1005, Reason::ProtocolError, 1002),
+    ] {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let addr = hostile_server(move |mut ws| {
+            let tx = tx.clone();
+            async move {
+                let [a, b] = code.to_be_bytes();
+                ws.get_mut().write_all(&[0x88, 0x02, a, b]).await.unwrap();
+                let mut f = [0u8; 8];
+                if ws.get_mut().read_exact(&mut f).await.is_ok() {
+                    // Masked Close with a 2-byte code: header 2, mask 4, payload 2.
+                    let got = u16::from_be_bytes([f[6] ^ f[2], f[7] ^ f[3]]);
+                    let _ = tx.send((f[0], got));
+                }
+            }
+        })
+        .await;
+        let rec = Rec::new();
+        let (_c, _) =
+            open_on_test_runtime(&format!("ws://{addr}/"), fast(1000, 500, 3), &rec).await;
+        assert_eq!(rx.recv().await.unwrap(), (0x88, want_answer), "code {code}");
+        let log = rec
+            .wait_async("ended", |l| {
+                count_state(l, State::Reconnecting) + count_state(l, State::Closed) >= 1
+            })
+            .await;
+        let ended = log
+            .iter()
+            .find_map(|e| match e {
+                Ev::State(s, _) if matches!(s.state, State::Reconnecting | State::Closed) => {
+                    Some(s.clone())
+                }
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(ended.reason, want_reason, "code {code}: {ended:?}");
+        if code == 1014 {
+            assert_eq!(ended.state, State::Reconnecting, "1014 is retried");
+            assert_eq!(ended.close_code, 1014);
+        }
+    }
+}

@@ -366,6 +366,12 @@ fn close_from_inside_a_callback() {
     let log = c
         .rec
         .wait_for("closed", WAIT, |l| count_state(l, HB_STATE_CLOSED) == 1);
+    // One meaning of close on every thread: the waiting close is refused inside a callback
+    // (it would deadlock) and leaves the handle valid; the non-waiting one closes.
+    assert_eq!(
+        *c.rec.waiting_close_inside.lock().unwrap(),
+        Some(HB_ERR_IN_CALLBACK)
+    );
     assert_eq!(*c.rec.close_status_inside.lock().unwrap(), Some(HB_OK));
     assert!(has_state(&log, HB_STATE_CLOSING, HB_REASON_USER_CLOSE));
     assert!(has_state(&log, HB_STATE_CLOSED, HB_REASON_USER_CLOSE));
@@ -1018,4 +1024,56 @@ fn log_tells_the_story() {
         !lines.iter().any(|(_, l)| l.contains("s3cr3t")),
         "a header value was logged"
     );
+}
+
+/// Each send returns its own id, so concurrent senders need no lock to know theirs: four
+/// threads send 250 messages each; the ids they got are exactly 1..=1000, and each id's
+/// delivery report matches the message that got it.
+#[test]
+fn send_ids_are_returned_to_each_sender() {
+    let srv = server(None);
+    let c = TestClient::connect(&srv.url(), Some(&Cfg::fast(50, 50, 3)));
+    c.wait_open(1);
+    let h = c.h as usize;
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut mine = Vec::new();
+                for i in 0..250 {
+                    let text = format!("t{t}-{i}");
+                    let mut id = 0u64;
+                    assert_eq!(
+                        hb_send_text(
+                            h as *mut hb_client,
+                            text.as_ptr().cast(),
+                            text.len(),
+                            &mut id
+                        ),
+                        HB_OK
+                    );
+                    mine.push((id, text));
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut all: Vec<(u64, String)> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    all.sort();
+    assert_eq!(
+        all.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        (1..=1000).collect::<Vec<_>>()
+    );
+    // The server received them in id order (the queue is FIFO by id).
+    assert!(srv.wait_for(WAIT, |e| e
+        .iter()
+        .filter(|e| matches!(e, ServerEvent::Text { .. }))
+        .count()
+        >= 1000));
+    let got = srv.received_texts();
+    let want: Vec<String> = all.into_iter().map(|(_, t)| t).collect();
+    assert_eq!(got, want);
+    c.close();
 }

@@ -63,6 +63,8 @@ pub struct Recorder {
     pub self_handle: AtomicUsize,
     pub close_on: Mutex<Option<Vec<u8>>>,
     pub close_status_inside: Mutex<Option<hb_status>>,
+    /// What the waiting `hb_close` said inside the callback, tried first.
+    pub waiting_close_inside: Mutex<Option<hb_status>>,
 }
 
 impl Recorder {
@@ -167,6 +169,9 @@ unsafe extern "C" fn on_message(ud: *mut c_void, kind: i32, data: *const u8, len
     r.push(Rec::Message { kind, data });
     if close_now {
         let h = r.self_handle.load(Ordering::SeqCst) as *mut hb_client;
+        *r.waiting_close_inside
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(hb_close(h));
         *r.close_status_inside
             .lock()
             .unwrap_or_else(|p| p.into_inner()) =
