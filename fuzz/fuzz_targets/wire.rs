@@ -13,9 +13,13 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use hbws::wire::{In, Wire, WireError};
+use hbws::wire::Wire;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+#[path = "wire_common.rs"]
+mod wire_common;
+use wire_common::{client_frames, own, verdict, Got};
 
 /// Serves `data` in reads of at most `chunk` bytes, then EOF; keeps what is written.
 struct Mem<'a> {
@@ -54,15 +58,6 @@ impl AsyncWrite for Mem<'_> {
     }
 }
 
-#[derive(Debug, PartialEq)]
-enum Got {
-    Text(String),
-    Binary(Vec<u8>),
-    Ping(Vec<u8>),
-    Pong(Vec<u8>),
-    Close(Option<(u16, String)>),
-}
-
 /// Everything received, the verdict (its kind), and the client's writes.
 fn run(data: &[u8], chunk: usize, read_size: usize) -> (Vec<Got>, String, Vec<u8>) {
     let io = Mem {
@@ -74,54 +69,15 @@ fn run(data: &[u8], chunk: usize, read_size: usize) -> (Vec<Got>, String, Vec<u8
     let mut cx = Context::from_waker(Waker::noop());
     let mut got = Vec::new();
     let verdict = loop {
-        match w.poll_recv(&mut cx, |m| match m {
-            In::Text(t) => Got::Text(t.into()),
-            In::Binary(b) => Got::Binary(b.into()),
-            In::Ping(p) => Got::Ping(p.into()),
-            In::Pong(p) => Got::Pong(p.into()),
-            In::Close(c) => Got::Close(c.map(|(c, r)| (c, r.into()))),
-        }) {
+        match w.poll_recv(&mut cx, own) {
             Poll::Ready(Ok(m)) => got.push(m),
-            Poll::Ready(Err(e)) => {
-                break match e {
-                    WireError::Io(_) => "io".to_string(),
-                    WireError::Reset => "reset".to_string(),
-                    WireError::Closed => "closed".to_string(),
-                    WireError::Protocol(p) => format!("protocol: {p}"),
-                    WireError::TooBig { size, max } => format!("too big {size} {max}"),
-                    WireError::Utf8 => "utf8".to_string(),
-                }
-            }
+            Poll::Ready(Err(e)) => break verdict(e),
             Poll::Pending => panic!("the in-memory stream never waits"),
         }
         assert!(got.len() <= data.len(), "more messages than bytes");
     };
     let _ = w.poll_flush(&mut cx);
     (got, verdict, w.into_inner().written)
-}
-
-/// Parses the client's writes: masked frames, unmasked payloads.
-fn client_frames(mut b: &[u8]) -> Vec<(u8, Vec<u8>)> {
-    let mut out = Vec::new();
-    while !b.is_empty() {
-        assert!(b.len() >= 2);
-        assert_eq!(b[0] & 0xF0, 0x80, "FIN set, no reserved bits");
-        assert_eq!(b[1] & 0x80, 0x80, "client frames are masked");
-        let (hl, len) = match b[1] & 0x7F {
-            126 => (4, u16::from_be_bytes([b[2], b[3]]) as usize),
-            127 => (10, u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize),
-            n => (2, n as usize),
-        };
-        let key = &b[hl..hl + 4];
-        let p: Vec<u8> = b[hl + 4..hl + 4 + len]
-            .iter()
-            .enumerate()
-            .map(|(i, x)| x ^ key[i % 4])
-            .collect();
-        out.push((b[0] & 0x0F, p));
-        b = &b[hl + 4 + len..];
-    }
-    out
 }
 
 fuzz_target!(|input: &[u8]| {
