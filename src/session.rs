@@ -541,8 +541,11 @@ impl Session<'_> {
         now: Instant,
     ) -> Result<bool, Outcome> {
         // While frames already read wait to be handled, answers to them (a Ping flood's Pongs)
-        // are left to the wire, which writes them once, before its next read.
-        if ws.unwritten() > 0 && ws.buffered() == 0 {
+        // are left to the wire, which writes them once, before its next read. Once reading has
+        // stopped (the server's Close, a protocol error), buffered bytes are never handled:
+        // write now.
+        let reading = self.closing.as_ref().is_none_or(|c| c.read);
+        if ws.unwritten() > 0 && (ws.buffered() == 0 || !reading) {
             let before = ws.unwritten();
             let r = ws.poll_flush(cx);
             self.progress(before, ws.unwritten(), now);
