@@ -36,6 +36,20 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
+/// The tests in this file run in parallel on a 2-core machine. The floods load both cores for
+/// as long as they run, and the real-time tests' margins (tens of milliseconds) are not made for
+/// that: a flood runs alone (`heavy`), the real-time tests share the machine only with each
+/// other (`timed`). Paused-clock tests take neither: their time is virtual.
+static MACHINE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn heavy() -> std::sync::RwLockWriteGuard<'static, ()> {
+    MACHINE.write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn timed() -> std::sync::RwLockReadGuard<'static, ()> {
+    MACHINE.read().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Generous bound on waiting for a real-socket event.
 const WAIT: Duration = Duration::from_secs(10);
 /// Generous bound on waiting for an event on the paused clock (virtual time costs nothing).
@@ -622,6 +636,7 @@ fn verdict_through_flood(what: &str, addr: std::net::SocketAddr, stop: &AtomicBo
 /// within the bound, handshakes to the hung server time out, recovery when it answers again.
 #[test]
 fn fault_silent_server() {
+    let _machine = timed();
     let srv = ref_server(None);
     let px = Proxy::start(srv.addr());
     let (interval, timeout, max) = (200u64, 100u64, 3u32);
@@ -797,6 +812,7 @@ async fn fault_blackhole() {
 /// heartbeat, which is 30 s away), retried while resets continue, recovery when they stop.
 #[test]
 fn fault_rst() {
+    let _machine = timed();
     let srv = ref_server(None);
     let px = Proxy::start(srv.addr());
     let cfg = Config {
@@ -856,6 +872,7 @@ fn fault_rst() {
 /// The link closed with a FIN after everything was flushed: EOF noticed at once, strict ledger.
 #[test]
 fn fault_fin() {
+    let _machine = timed();
     let srv = ref_server(None);
     let px = Proxy::start(srv.addr());
     let rec = Rec::new();
@@ -919,6 +936,7 @@ fn fault_fin() {
 /// turns every late pong into two misses.
 #[test]
 fn fault_slow_pong() {
+    let _machine = timed();
     let srv = ref_server(None);
     let px = Proxy::start(srv.addr());
     let (interval, timeout) = (1000u64, 300u64);
@@ -969,6 +987,7 @@ fn fault_slow_pong() {
 /// A delay on both directions under the pong timeout: no false misses, RTT includes the delay.
 #[test]
 fn fault_delay_under_timeout() {
+    let _machine = timed();
     let srv = ref_server(None);
     let px = Proxy::start(srv.addr());
     let delay = Duration::from_millis(40);
@@ -1068,6 +1087,7 @@ async fn fault_handshake_hang() {
 /// dropped.
 #[test]
 fn fault_401() {
+    let _machine = timed();
     let srv = ref_server(None);
     srv.refuse_handshakes(Some(401), None);
     let px = Proxy::start(srv.addr());
@@ -1108,6 +1128,7 @@ fn fault_401() {
 /// would be 20 ms); queued messages go out once the server accepts.
 #[test]
 fn fault_503_retry_after() {
+    let _machine = timed();
     let srv = ref_server(None);
     srv.refuse_handshakes(Some(503), Some(1));
     let px = Proxy::start(srv.addr());
@@ -1166,6 +1187,7 @@ fn fault_503_retry_after() {
 /// those written to the dying connection may be missing (counted).
 #[test]
 fn fault_restart() {
+    let _machine = timed();
     let srv = ref_server(None);
     let rec = Rec::new();
     let c = connect(&srv.url(), fast(1000, 500, 3), &rec);
@@ -1268,6 +1290,7 @@ fn fault_restart() {
 /// MESSAGE_TOO_BIG, reconnects; nothing accepted is lost.
 #[test]
 fn fault_oversize() {
+    let _machine = timed();
     let srv = ref_server(None);
     let px = Proxy::start(srv.addr());
     let rec = Rec::new();
@@ -1326,6 +1349,7 @@ fn fault_oversize() {
 /// write, builds no backlog of pongs, keeps its own heartbeat and its data flowing, stays OPEN.
 #[test]
 fn fault_ping_flood() {
+    let _machine = heavy();
     let srv = Server::start(ServerConfig {
         // A protocol Ping and a text ping every millisecond; never drops anyone.
         ping_interval: Some(Duration::from_millis(1)),
@@ -1492,6 +1516,7 @@ async fn fault_bad_utf8() {
 /// (checked with strace: `no-such-host.invalid` would be sent to the configured nameserver).
 #[test]
 fn fault_dns() {
+    let _machine = timed();
     let host = format!("{}.invalid", "x".repeat(64));
     let rec = Rec::new();
     let cfg = Config {
@@ -1524,6 +1549,7 @@ fn fault_dns() {
 /// nothing): the half-read frame must not hold the client; heartbeat verdict within the bound.
 #[test]
 fn fault_stall_mid_frame() {
+    let _machine = timed();
     let srv = ref_server(None);
     let px = Proxy::start(srv.addr());
     let (interval, timeout, max) = (200u64, 100u64, 3u32);
@@ -1861,6 +1887,7 @@ async fn send_ten_then_close(c: &Client, rec: &Arc<Rec>) -> (Ledger, Vec<Ev>) {
 /// must still come on time: a flood cannot starve the timer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn fault_flood_without_pongs() {
+    let _machine = heavy();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -1887,6 +1914,7 @@ async fn fault_flood_without_pongs() {
 /// passes without that line too. It guards the flood path as a whole.)
 #[test]
 fn fault_flood_from_the_handshake() {
+    let _machine = heavy();
     use std::io::{Read, Write};
     // A thread with blocking writes of large buffers keeps the client's socket full.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -2089,6 +2117,7 @@ fn slow_reader(rate: usize) -> (std::net::SocketAddr, Arc<SlowSeen>, tokio::runt
 /// between them), and one message of 1 MiB (our pings wait behind it).
 #[test]
 fn fault_slow_uplink_stays_alive() {
+    let _machine = heavy();
     for (count, size) in [(16usize, 64usize << 10), (1, 1 << 20)] {
         let (addr, seen, _rt) = slow_reader(200_000);
         let rec = Rec::new();
@@ -2290,6 +2319,7 @@ async fn fault_unsolicited_pong_proves_nothing() {
 /// 250 ms for a loaded test machine. (f0e9d24: 1.86 s.)
 #[test]
 fn fault_fragment_flood_verdict_on_time() {
+    let _machine = heavy();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
