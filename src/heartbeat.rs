@@ -179,8 +179,8 @@ impl Heartbeat {
         }
     }
 
-    /// When the link will be declared dead if no pong arrives from now on. Writes are bounded by
-    /// it, so a stalled socket cannot push the verdict past the documented bound.
+    /// When the link will be declared dead if no pong (and no write progress) arrives from now
+    /// on: the documented bound, as the tests check it.
     pub fn dead_by(&self) -> Instant {
         let step = if self.reprobe {
             self.timeout
