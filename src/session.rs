@@ -610,7 +610,9 @@ impl Session<'_> {
             let r = ws.poll_flush(cx);
             self.progress(before, ws.unwritten(), now);
             match r {
-                Poll::Ready(Ok(())) => {}
+                // All taken: no backlog, so a later write the socket takes at once is no
+                // evidence of a reading peer.
+                Poll::Ready(Ok(())) => self.backlog = false,
                 Poll::Ready(Err(e)) => return Err(self.lost(write_failed(e))),
                 Poll::Pending => self.backlog = true,
             }
